@@ -1,0 +1,157 @@
+//! Command-line definitions only; commands resolve these into settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ship etcd backups off the cluster: snapshot → zstd → age → object storage.
+#[derive(Debug, Parser)]
+#[command(name = "etcd-offsite", version, about)]
+pub struct Cli {
+    /// Configuration file (YAML, `version: 1`).
+    #[arg(
+        long,
+        global = true,
+        env = "ETCD_OFFSITE_CONFIG",
+        default_value = "/etc/etcd-offsite/config.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one backup now; prints the backup id as the last line of stdout.
+    Backup(BackupArgs),
+    /// List backups in the target, newest first.
+    List(ListArgs),
+    /// Check that backups are intact (with identities: decrypt and check contents too).
+    Verify(VerifyArgs),
+    /// Restore a backup as the snapshot + static resources pair cluster-restore.sh takes.
+    Restore(RestoreArgs),
+    /// Apply the retention policy.
+    Prune(PruneArgs),
+    /// Run as a scheduler: backups on `schedule`, prune after each, metrics.
+    Run(RunArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Print the manifest as JSON instead of the id.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not prune after the backup even when `retention` is configured.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Take the backup even when a guard would refuse it (cluster younger than 24 h).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which backups a command reads.
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct Selection {
+    /// Backup id (see `list`).
+    pub id: Option<String>,
+    /// The newest complete backup.
+    #[arg(long)]
+    pub latest: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id (see `list`).
+    #[arg(conflicts_with_all = ["latest", "all"])]
+    pub id: Option<String>,
+    /// The newest complete backup (the default).
+    #[arg(long, conflicts_with = "all")]
+    pub latest: bool,
+    /// Every complete backup.
+    #[arg(long)]
+    pub all: bool,
+    /// age identity file; with it, artifacts are decrypted and their contents checked.
+    #[arg(long = "identity", short = 'i')]
+    pub identities: Vec<PathBuf>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Directory to write snapshot_<ts>.db and static_kuberesources_<ts>.tar.gz into.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// age identity files (the snapshot's and the static resources').
+    #[arg(long = "identity", short = 'i', required = true)]
+    pub identities: Vec<PathBuf>,
+    /// Refuse a backup whose platform version is not this one (same z-stream rule).
+    #[arg(long)]
+    pub expect_version: Option<String>,
+    /// Restore even when the platform version differs from --expect-version.
+    #[arg(long)]
+    pub force: bool,
+    /// Restore only the snapshot (no static resources identity needed).
+    #[arg(long)]
+    pub snapshot_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted without deleting.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address for the Prometheus metrics endpoint (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration.
+    Check {
+        /// Also reach etcd and the targets.
+        #[arg(long)]
+        connect: bool,
+    },
+}

@@ -1,0 +1,376 @@
+//! `backup`: one backup now, committed by its manifest, then retention.
+
+use std::io::{self, Read};
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use chrono::Utc;
+use tokio_util::io::SyncIoBridge;
+
+use super::Targets;
+use crate::cli::BackupArgs;
+use crate::config::{Config, EtcdSource, SnapshotSource};
+use crate::error::Refused;
+use crate::manifest::{Artifact, Artifacts, FORMAT_VERSION, Manifest, SourceInfo};
+use crate::pipeline::{self, Encoding, ShipError};
+use crate::source::backup_dir::{self, BackupDirPair};
+use crate::source::etcd::{ClusterFacts, EtcdMember};
+use crate::source::static_resources;
+use crate::store::layout::{
+    IN_PROGRESS_OBJECT, MANIFEST_OBJECT, SNAPSHOT_OBJECT, STATIC_OBJECT, backup_id,
+};
+use crate::store::{Target, lock};
+
+/// OpenShift: certificates rotate during the first day; a backup from then cannot restore.
+const FRESH_CLUSTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+pub async fn run(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
+    let targets = Targets::open(config)?;
+    let manifest = execute(config, &targets, args.force).await?;
+    if args.json {
+        println!("{}", manifest.to_json());
+    } else {
+        println!("{}", manifest.id);
+    }
+    if args.no_prune {
+        return Ok(());
+    }
+    prune_after(config, &targets, &manifest.id).await
+}
+
+/// One backup under the cluster's lock.
+pub async fn execute(config: &Config, targets: &Targets, force: bool) -> anyhow::Result<Manifest> {
+    let lock = lock::acquire(&targets.snapshot, &config.cluster).await?;
+    let result = take_backup(config, targets, force).await;
+    lock.release().await;
+    result
+}
+
+/// Retention after a backup, when a policy is configured.
+pub async fn prune_after(config: &Config, targets: &Targets, id: &str) -> anyhow::Result<()> {
+    let Some(policy) = &config.retention else {
+        return Ok(());
+    };
+    let report = super::prune::apply(config, targets, policy, false)
+        .await
+        .with_context(|| format!("backup {id} completed, but pruning failed"))?;
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "backup {id} completed, but {} object(s) could not be pruned: {}",
+            report.failures.len(),
+            report.failures[0].reason
+        ))
+    }
+}
+
+/// What the snapshot is read from, prepared before anything is uploaded.
+enum Prepared {
+    Etcd {
+        member: Box<EtcdMember>,
+        facts: ClusterFacts,
+    },
+    BackupDir(BackupDirPair),
+}
+
+async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow::Result<Manifest> {
+    let prepared = match &config.source {
+        SnapshotSource::Etcd(etcd) => {
+            let mut member = first_healthy(etcd, 0).await?.1;
+            let facts = member.cluster_facts().await;
+            Prepared::Etcd {
+                member: Box::new(member),
+                facts,
+            }
+        }
+        SnapshotSource::BackupDir(dir) => Prepared::BackupDir(
+            backup_dir::newest_pair(dir)
+                .with_context(|| format!("source.backup_dir {}", dir.display()))?,
+        ),
+    };
+    if let Prepared::Etcd { facts, .. } = &prepared {
+        guard_fresh_cluster(facts, force)?;
+    }
+
+    let started_at = Utc::now();
+    let id = claim_id(&targets.snapshot, &config.cluster, started_at).await?;
+    tracing::info!(%id, target = targets.snapshot.url(), "backup started");
+    let mut written: Vec<(&Target, String)> = vec![(
+        &targets.snapshot,
+        format!("{}/{id}/{IN_PROGRESS_OBJECT}", config.cluster),
+    )];
+    let result = write_backup(config, targets, &id, started_at, prepared, &mut written).await;
+    // The marker goes either way; on failure so does everything this run wrote.
+    let cleanup: &[(&Target, String)] = match &result {
+        Ok(_) => &written[..1],
+        Err(_) => &written[..],
+    };
+    for (target, key) in cleanup {
+        if let Err(e) = target.delete(key).await {
+            tracing::warn!(error = %e, "cleanup failed; prune removes leftovers after the grace period");
+        }
+    }
+    result
+}
+
+async fn write_backup<'t>(
+    config: &Config,
+    targets: &'t Targets,
+    id: &str,
+    started_at: chrono::DateTime<Utc>,
+    prepared: Prepared,
+    written: &mut Vec<(&'t Target, String)>,
+) -> anyhow::Result<Manifest> {
+    let cluster = &config.cluster;
+    let static_key = format!("{cluster}/{id}/{STATIC_OBJECT}");
+    let snapshot_key = format!("{cluster}/{id}/{SNAPSHOT_OBJECT}");
+
+    let static_artifact = match (&prepared, &config.static_resources) {
+        (Prepared::BackupDir(pair), _) => {
+            let tarball = pair.static_tarball.clone();
+            Some(
+                ship_static(config, &targets.static_resources, &static_key, move |w| {
+                    let file = std::fs::File::open(&tarball)?;
+                    io::copy(&mut flate2::read::GzDecoder::new(file), w)
+                })
+                .await?,
+            )
+        }
+        (Prepared::Etcd { .. }, Some(resources)) => {
+            let paths = static_resources::resolve(resources).context("source.static_resources")?;
+            let base = resources.base_dir.clone();
+            Some(
+                ship_static(config, &targets.static_resources, &static_key, move |w| {
+                    static_resources::write_tar(&base, &paths, w)
+                })
+                .await?,
+            )
+        }
+        (Prepared::Etcd { .. }, None) => None,
+    };
+    if static_artifact.is_some() {
+        written.push((&targets.static_resources, static_key));
+    }
+
+    let snapshot_encoding = Encoding {
+        recipients: config.encryption.snapshot.clone(),
+        compression: config.compression,
+        etcd_trailer: true,
+    };
+    let (snapshot_artifact, source, facts) = match prepared {
+        Prepared::BackupDir(pair) => {
+            let file = pair.snapshot.clone();
+            let (artifact, _) = pipeline::ship(
+                &targets.snapshot,
+                &snapshot_key,
+                snapshot_encoding,
+                move |w| io::copy(&mut std::fs::File::open(&file)?, w),
+            )
+            .await
+            .with_context(|| format!("shipping {}", pair.snapshot.display()))?;
+            (artifact, pair.source_info(), ClusterFacts::default())
+        }
+        Prepared::Etcd { member, facts } => {
+            let SnapshotSource::Etcd(etcd) = &config.source else {
+                unreachable!("prepared from an etcd source");
+            };
+            let (artifact, source) = ship_etcd_snapshot(
+                etcd,
+                *member,
+                &targets.snapshot,
+                &snapshot_key,
+                snapshot_encoding,
+            )
+            .await?;
+            (artifact, source, facts)
+        }
+    };
+    written.push((&targets.snapshot, snapshot_key));
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.to_string(),
+        cluster: cluster.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        source,
+        platform_version: config
+            .labels
+            .get("platform_version")
+            .cloned()
+            .or(facts.platform_version),
+        labels: config.labels.clone(),
+        artifacts: Artifacts {
+            snapshot: snapshot_artifact,
+            static_resources: static_artifact,
+        },
+    };
+    let manifest_key = format!("{cluster}/{id}/{MANIFEST_OBJECT}");
+    let body = Bytes::from(manifest.to_json());
+    if manifest.artifacts.static_resources.is_some()
+        && targets.static_resources.url() != targets.snapshot.url()
+    {
+        create_manifest(&targets.static_resources, &manifest_key, body.clone()).await?;
+        written.push((&targets.static_resources, manifest_key.clone()));
+    }
+    // The commit point: written last, create-only.
+    create_manifest(&targets.snapshot, &manifest_key, body).await?;
+    tracing::info!(
+        %id,
+        snapshot_bytes = manifest.artifacts.snapshot.plaintext.size,
+        stored_bytes = manifest.stored_size(),
+        seconds = (manifest.finished_at - started_at).num_milliseconds() as f64 / 1000.0,
+        "backup complete"
+    );
+    Ok(manifest)
+}
+
+async fn create_manifest(target: &Target, key: &str, body: Bytes) -> anyhow::Result<()> {
+    if target.create(key, body).await? {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "{}/{key} already exists: another run wrote this backup id; nothing was overwritten",
+            target.url().trim_end_matches('/')
+        ))
+    }
+}
+
+async fn ship_static<F>(
+    config: &Config,
+    target: &Target,
+    key: &str,
+    produce: F,
+) -> anyhow::Result<Artifact>
+where
+    F: FnOnce(&mut dyn io::Write) -> io::Result<u64> + Send + 'static,
+{
+    let recipients = config
+        .encryption
+        .static_resources
+        .clone()
+        .context("encryption.static_resources is required for the static resources archive")?;
+    let encoding = Encoding {
+        recipients,
+        compression: config.compression,
+        etcd_trailer: false,
+    };
+    let (artifact, _) = pipeline::ship(target, key, encoding, produce)
+        .await
+        .context("shipping the static resources")?;
+    Ok(artifact)
+}
+
+/// Streams the snapshot from `member`; when the stream fails, the next healthy member is tried.
+async fn ship_etcd_snapshot(
+    etcd: &EtcdSource,
+    member: EtcdMember,
+    target: &Target,
+    key: &str,
+    encoding: Encoding,
+) -> anyhow::Result<(Artifact, SourceInfo)> {
+    let mut index = etcd
+        .endpoints
+        .iter()
+        .position(|e| *e == member.endpoint)
+        .unwrap_or(0);
+    let mut member = member;
+    loop {
+        let source = member.source_info();
+        let endpoint = member.endpoint.clone();
+        let outcome = match member.snapshot().await {
+            Ok(reader) => {
+                let mut reader = SyncIoBridge::new(reader);
+                pipeline::ship(target, key, encoding.clone(), move |w| {
+                    io::copy(&mut reader as &mut dyn Read, w)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok((artifact, _)) => return Ok((artifact, source)),
+            Err(e)
+                if e.downcast_ref::<ShipError>()
+                    .is_some_and(|s| matches!(s, ShipError::Store(_))) =>
+            {
+                return Err(e.context("uploading the snapshot"));
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %format!("{e:#}"), "snapshot failed; trying the next member");
+                if index + 1 >= etcd.endpoints.len() {
+                    return Err(e.context(format!(
+                        "snapshot from {endpoint} failed and no other endpoint is left"
+                    )));
+                }
+                let (next, next_member) = first_healthy(etcd, index + 1).await?;
+                index = next;
+                member = next_member;
+            }
+        }
+    }
+}
+
+/// The first endpoint from `start` on that answers a status request.
+async fn first_healthy(etcd: &EtcdSource, start: usize) -> anyhow::Result<(usize, EtcdMember)> {
+    let mut failures = Vec::new();
+    for (i, endpoint) in etcd.endpoints.iter().enumerate().skip(start) {
+        match EtcdMember::connect(etcd, endpoint).await {
+            Ok(member) => {
+                tracing::info!(%endpoint, member_id = %format!("{:x}", member.member_id), version = %member.version, db_size = member.db_size, "using etcd member");
+                return Ok((i, member));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd member unavailable");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    Err(anyhow!(
+        "no etcd endpoint answered ({}); check source.etcd.endpoints, the certificates and that etcd is running",
+        failures.join("; ")
+    ))
+}
+
+fn guard_fresh_cluster(facts: &ClusterFacts, force: bool) -> anyhow::Result<()> {
+    let Some(installed_at) = facts.installed_at else {
+        return Ok(());
+    };
+    let age = Utc::now() - installed_at;
+    if age < FRESH_CLUSTER && !force {
+        return Err(Refused(format!(
+            "the cluster was installed {} h ago; OpenShift rotates its certificates in the first 24 h and a backup taken now would not restore. Wait until {} or pass --force",
+            age.num_hours(),
+            (installed_at + FRESH_CLUSTER).to_rfc3339()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Claims the id for `started_at` (with a suffix when that second is taken) via a create-only marker.
+async fn claim_id(
+    target: &Target,
+    cluster: &str,
+    started_at: chrono::DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let marker = serde_json::json!({
+        "host": lock::hostname(),
+        "pid": std::process::id(),
+        "started_at": started_at,
+    });
+    for attempt in 0..100 {
+        let id = backup_id(started_at, attempt);
+        let key = format!("{cluster}/{id}/{IN_PROGRESS_OBJECT}");
+        let exists = !target.list(&format!("{cluster}/{id}")).await?.is_empty();
+        if !exists && target.create(&key, Bytes::from(marker.to_string())).await? {
+            return Ok(id);
+        }
+    }
+    Err(anyhow!(
+        "could not claim a backup id for {started_at}: 100 backups in one second?"
+    ))
+}

@@ -1,0 +1,63 @@
+//! One file per command; this module dispatches and holds what they share.
+
+mod backup;
+mod config_check;
+mod list;
+mod prune;
+mod restore;
+mod run;
+mod verify;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::{self, Config};
+use crate::store::Target;
+
+/// Loads the config and runs the chosen command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config::load(&cli.config)?;
+    match cli.command {
+        Command::Backup(args) => backup::run(&config, &args).await,
+        Command::List(args) => list::run(&config, &args).await,
+        Command::Verify(args) => verify::run(&config, &args).await,
+        Command::Restore(args) => restore::run(&config, &args).await,
+        Command::Prune(args) => prune::run(&config, &args).await,
+        Command::Run(args) => run::run(&config, &args).await,
+        Command::Config(ConfigCommand::Check { connect }) => {
+            config_check::run(&config, &cli.config, connect).await
+        }
+    }
+}
+
+/// The snapshot target and the static resources target (often the same store).
+pub struct Targets {
+    pub snapshot: Target,
+    pub static_resources: Target,
+}
+
+impl Targets {
+    pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let snapshot = Target::open(&config.targets.snapshot).context("snapshot target")?;
+        let static_resources = if config.targets.static_resources.url == config.targets.snapshot.url
+            && config.targets.static_resources.options == config.targets.snapshot.options
+        {
+            snapshot.clone()
+        } else {
+            Target::open(&config.targets.static_resources).context("static resources target")?
+        };
+        Ok(Self {
+            snapshot,
+            static_resources,
+        })
+    }
+
+    /// The target that holds an artifact of a manifest.
+    pub fn for_artifact(&self, name: &str) -> &Target {
+        if name == "snapshot" {
+            &self.snapshot
+        } else {
+            &self.static_resources
+        }
+    }
+}

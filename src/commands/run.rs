@@ -1,0 +1,176 @@
+//! `run`: the scheduler. Backups on `schedule.cron` (UTC) plus jitter, prune after each,
+//! Prometheus metrics on `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::Targets;
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::error::{ConfigError, ExitKind, exit_kind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    backups: Family<ResultLabel, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    last_duration: Gauge<f64, AtomicU64>,
+    last_stored_bytes: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("etcd_offsite");
+        let backups = Family::<ResultLabel, Counter>::default();
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        let last_duration = Gauge::<f64, AtomicU64>::default();
+        let last_stored_bytes = Gauge::default();
+        registry.register(
+            "backups",
+            "Backups attempted, by result (success, failure, skipped)",
+            backups.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful backup",
+            last_success.clone(),
+        );
+        registry.register(
+            "last_duration_seconds",
+            "Duration of the last backup attempt",
+            last_duration.clone(),
+        );
+        registry.register(
+            "last_stored_bytes",
+            "Bytes stored by the last successful backup",
+            last_stored_bytes.clone(),
+        );
+        Self {
+            registry,
+            backups,
+            last_success,
+            last_duration,
+            last_stored_bytes,
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.backups
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
+    let schedule = config.schedule.as_ref().ok_or_else(|| {
+        ConfigError::new(
+            "schedule",
+            "missing: `run` needs `schedule.cron`, e.g. \"0 3 * * *\"",
+        )
+    })?;
+    let targets = Targets::open(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind(&args.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
+    tokio::spawn(serve_metrics(listener, metrics.clone()));
+    tracing::info!(cron = %schedule.cron_text, jitter = ?schedule.jitter, metrics = %args.metrics_listen, "scheduler started");
+    loop {
+        let next = schedule
+            .cron
+            .find_next_occurrence(&Utc::now(), false)
+            .context("schedule.cron has no next occurrence")?;
+        let jitter_ms = u64::try_from(schedule.jitter.as_millis()).unwrap_or(u64::MAX);
+        let jitter = std::time::Duration::from_millis(if jitter_ms == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter_ms)
+        });
+        let wait = (next - Utc::now()).to_std().unwrap_or_default() + jitter;
+        tracing::info!(next = %next.to_rfc3339(), jitter = ?jitter, "next backup");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown() => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let outcome = super::backup::execute(config, &targets, false).await;
+        metrics.last_duration.set(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(manifest) => {
+                metrics.count("success");
+                metrics.last_success.set(Utc::now().timestamp() as f64);
+                metrics
+                    .last_stored_bytes
+                    .set(i64::try_from(manifest.stored_size()).unwrap_or(i64::MAX));
+                if let Err(e) = super::backup::prune_after(config, &targets, &manifest.id).await {
+                    tracing::error!(error = %format!("{e:#}"), "prune failed");
+                }
+            }
+            Err(e) if exit_kind(&e) == ExitKind::Refused => {
+                metrics.count("skipped");
+                tracing::info!(reason = %format!("{e:#}"), "backup skipped");
+            }
+            Err(e) => {
+                metrics.count("failure");
+                tracing::error!(error = %format!("{e:#}"), "backup failed");
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A minimal HTTP endpoint: every request gets the metrics text.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let body = metrics.render();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,275 @@
+//! `verify`: every object of a backup is there and matches its manifest; with identities,
+//! the contents decrypt, decompress and check out too.
+
+use std::io::{self, Read};
+
+use anyhow::anyhow;
+use serde::Serialize;
+
+use super::Targets;
+use crate::cli::VerifyArgs;
+use crate::config::Config;
+use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
+use crate::manifest::Manifest;
+use crate::pipeline::{Identities, fetch};
+use crate::store::catalog::{ManifestProblem, list_backups, read_manifest};
+use crate::store::layout::MANIFEST_OBJECT;
+
+#[derive(Debug, Serialize)]
+struct BackupReport {
+    id: String,
+    ok: bool,
+    artifacts: Vec<ArtifactReport>,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ArtifactReport {
+    artifact: &'static str,
+    key: String,
+    /// Stored bytes exist and match size and SHA-256.
+    stored_ok: bool,
+    /// Plaintext checked (decrypted, decompressed, digest, trailer or tar); None = no identity for it.
+    contents_ok: Option<bool>,
+    detail: Option<String>,
+}
+
+pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
+    let identities = Identities::load(&args.identities)?;
+    let targets = Targets::open(config)?;
+    let mut reports = Vec::new();
+    if args.all {
+        for entry in list_backups(&targets.snapshot, &config.cluster).await? {
+            match (entry.manifest, entry.problem) {
+                (Some(manifest), _) => {
+                    reports.push(verify_backup(&targets, &manifest, &identities).await?)
+                }
+                (None, Some(problem)) => reports.push(BackupReport {
+                    id: entry.id,
+                    ok: false,
+                    artifacts: Vec::new(),
+                    problems: vec![problem],
+                }),
+                // No manifest: an interrupted run, not a backup.
+                (None, None) => {}
+            }
+        }
+        if reports.is_empty() {
+            return Err(UsageError(format!(
+                "no backups of cluster {} to verify",
+                config.cluster
+            ))
+            .into());
+        }
+    } else {
+        let manifest = match select(config, &targets, args.id.as_deref()).await {
+            Ok(m) => m,
+            Err(e) if exit_kind(&e) == ExitKind::Integrity => {
+                reports.push(BackupReport {
+                    id: args.id.clone().unwrap_or_default(),
+                    ok: false,
+                    artifacts: Vec::new(),
+                    problems: vec![format!("{e:#}")],
+                });
+                return finish(&reports, args.json);
+            }
+            Err(e) => return Err(e),
+        };
+        reports.push(verify_backup(&targets, &manifest, &identities).await?);
+    }
+    if !identities.is_empty()
+        && reports
+            .iter()
+            .flat_map(|r| &r.artifacts)
+            .all(|a| a.contents_ok.is_none())
+    {
+        return Err(UsageError(
+            "none of the --identity files opens any artifact of these backups; pass the identity whose recipient the manifest lists".into(),
+        )
+        .into());
+    }
+    finish(&reports, args.json)
+}
+
+fn finish(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+    } else {
+        for r in reports {
+            println!("{} {}", r.id, if r.ok { "OK" } else { "FAILED" });
+            for a in &r.artifacts {
+                let contents = match a.contents_ok {
+                    Some(true) => "contents ok",
+                    Some(false) => "contents FAILED",
+                    None => "contents not checked (no identity for it)",
+                };
+                let stored = if a.stored_ok {
+                    "stored ok"
+                } else {
+                    "stored FAILED"
+                };
+                println!("  {:<17} {stored}, {contents}", a.artifact);
+                if let Some(detail) = &a.detail {
+                    println!("    {detail}");
+                }
+            }
+            for p in &r.problems {
+                println!("  problem: {p}");
+            }
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    if failed == 0 {
+        Ok(())
+    } else {
+        let first = reports
+            .iter()
+            .filter(|r| !r.ok)
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .chain(r.artifacts.iter().filter_map(|a| a.detail.as_ref()))
+            })
+            .next()
+            .cloned()
+            .unwrap_or_default();
+        Err(IntegrityError(format!(
+            "{failed} of {} backup(s) failed verification: {first}",
+            reports.len()
+        ))
+        .into())
+    }
+}
+
+/// The manifest of `id`, or of the newest complete backup.
+pub async fn select(
+    config: &Config,
+    targets: &Targets,
+    id: Option<&str>,
+) -> anyhow::Result<Manifest> {
+    match id {
+        Some(id) => match read_manifest(&targets.snapshot, &config.cluster, id).await {
+            Ok(m) => Ok(m),
+            Err(ManifestProblem::Store(e)) if e.kind == crate::store::StoreErrorKind::NotFound => {
+                Err(UsageError(format!(
+                    "backup {id} of cluster {} does not exist (no {MANIFEST_OBJECT}); run `etcd-offsite list`",
+                    config.cluster
+                ))
+                .into())
+            }
+            Err(ManifestProblem::Store(e)) => Err(e.into()),
+            Err(invalid @ ManifestProblem::Invalid { .. }) => Err(IntegrityError(invalid.to_string()).into()),
+        },
+        None => list_backups(&targets.snapshot, &config.cluster)
+            .await?
+            .into_iter()
+            .find_map(|e| e.manifest)
+            .ok_or_else(|| anyhow!(UsageError(format!("no complete backup of cluster {} yet", config.cluster)))),
+    }
+}
+
+async fn verify_backup(
+    targets: &Targets,
+    manifest: &Manifest,
+    identities: &Identities,
+) -> anyhow::Result<BackupReport> {
+    let mut report = BackupReport {
+        id: manifest.id.clone(),
+        ok: true,
+        artifacts: Vec::new(),
+        problems: Vec::new(),
+    };
+    for (name, artifact) in manifest.artifacts.iter() {
+        let target = targets.for_artifact(name);
+        let identity = identities.for_artifact(artifact);
+        let checks_contents = identity.is_some();
+        let outcome = if name == "snapshot" {
+            fetch(target, artifact, identity, true, |r| {
+                io::copy(r, &mut io::sink()).map(|_| Ok(0))
+            })
+            .await
+        } else {
+            fetch(target, artifact, identity, false, read_tar).await
+        };
+        let (stored_ok, contents_ok, detail) = match outcome {
+            Ok(fetched) => match fetched.contents {
+                Some(Err(tar_problem)) => (
+                    true,
+                    Some(false),
+                    Some(format!("{}: {tar_problem}", artifact.key)),
+                ),
+                Some(Ok(_)) => (true, Some(true), None),
+                None => (true, None, None),
+            },
+            Err(e) if exit_kind(&e) == ExitKind::Integrity => {
+                let text = format!("{e:#}");
+                // Stored mismatches are found before the contents are judged.
+                let stored_ok = !text.contains(": stored ") && !text.contains("is missing");
+                (stored_ok, checks_contents.then_some(false), Some(text))
+            }
+            Err(e) => return Err(e),
+        };
+        report.ok &= stored_ok && contents_ok != Some(false);
+        report.artifacts.push(ArtifactReport {
+            artifact: name,
+            key: artifact.key.clone(),
+            stored_ok,
+            contents_ok,
+            detail,
+        });
+    }
+    if let Some(problem) = check_manifest_copy(targets, manifest).await? {
+        report.ok = false;
+        report.problems.push(problem);
+    }
+    Ok(report)
+}
+
+/// Reads every tar member; a tar that does not read is reported, not raised.
+fn read_tar(reader: &mut dyn Read) -> io::Result<Result<u64, String>> {
+    let mut archive = tar::Archive::new(reader);
+    let mut members = 0;
+    let entries = match archive.entries() {
+        Ok(entries) => entries,
+        Err(e) => return Ok(Err(format!("the tar does not read: {e}"))),
+    };
+    for entry in entries {
+        match entry.and_then(|mut e| io::copy(&mut e, &mut io::sink())) {
+            Ok(_) => members += 1,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the tar does not read after {members} members: {e}"
+                )));
+            }
+        }
+    }
+    Ok(Ok(members))
+}
+
+/// The keys side carries a copy of the manifest; it must be the same record.
+async fn check_manifest_copy(
+    targets: &Targets,
+    manifest: &Manifest,
+) -> anyhow::Result<Option<String>> {
+    if manifest.artifacts.static_resources.is_none()
+        || targets.static_resources.url() == targets.snapshot.url()
+    {
+        return Ok(None);
+    }
+    Ok(
+        match read_manifest(&targets.static_resources, &manifest.cluster, &manifest.id).await {
+            Ok(copy) if copy == *manifest => None,
+            Ok(_) => Some(format!(
+                "the manifest copy in {} differs from the snapshot target's",
+                targets.static_resources.url()
+            )),
+            Err(ManifestProblem::Store(e)) if e.kind != crate::store::StoreErrorKind::NotFound => {
+                return Err(e.into());
+            }
+            Err(problem) => Some(format!(
+                "manifest copy in {}: {problem}",
+                targets.static_resources.url()
+            )),
+        },
+    )
+}

@@ -1,0 +1,102 @@
+//! Error classes that decide the exit code; everything else is a runtime failure.
+
+use std::fmt;
+
+/// Exit codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// etcd or target unreachable, upload failed.
+    Runtime = 1,
+    /// Usage or config error.
+    Usage = 2,
+    /// verify or restore found a mismatch.
+    Integrity = 3,
+    /// Refused by a guard (lock held, fresh cluster, version mismatch).
+    Refused = 4,
+}
+
+/// A configuration problem at a key path, with the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Stored or streamed data does not match what was recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("integrity failure: {0}")]
+pub struct IntegrityError(pub String);
+
+/// A guard refused the operation on purpose.
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub String);
+
+/// Bad command-line usage that clap cannot catch (e.g. a malformed backup id).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit class of an error: the first classified error in its chain wins.
+pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
+    for cause in err.chain() {
+        if cause.is::<ConfigError>() || cause.is::<UsageError>() {
+            return ExitKind::Usage;
+        }
+        if cause.is::<IntegrityError>() {
+            return ExitKind::Integrity;
+        }
+        if cause.is::<Refused>() {
+            return ExitKind::Refused;
+        }
+    }
+    ExitKind::Runtime
+}
+
+/// One line of an error from a server: object_store's text includes whole response bodies.
+pub fn one_line(err: &dyn fmt::Display) -> String {
+    const MAX: usize = 300;
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.chars().count() > MAX {
+        format!("{}…", line.chars().take(MAX).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_chain() {
+        let err = anyhow::Error::new(IntegrityError("x".into())).context("verify 1");
+        assert_eq!(exit_kind(&err), ExitKind::Integrity);
+        let err = anyhow::Error::new(ConfigError::new("cluster", "empty")).context("loading");
+        assert_eq!(exit_kind(&err), ExitKind::Usage);
+        assert_eq!(exit_kind(&anyhow::anyhow!("boom")), ExitKind::Runtime);
+        assert_eq!(
+            exit_kind(&anyhow::Error::new(Refused("lock".into()))),
+            ExitKind::Refused
+        );
+    }
+
+    #[test]
+    fn one_line_cuts_server_bodies() {
+        let long = format!("first line {}\n<xml>body</xml>", "x".repeat(400));
+        let line = one_line(&long);
+        assert!(!line.contains("xml"));
+        assert!(line.chars().count() <= 301);
+    }
+}

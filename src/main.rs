@@ -1,0 +1,35 @@
+//! etcd-offsite: ship etcd backups off the cluster.
+
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod manifest;
+mod pipeline;
+mod retention;
+mod source;
+mod store;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    telemetry::init(cli.log_format, cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(error::ExitKind::Runtime as u8);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(error::exit_kind(&err) as u8)
+        }
+    }
+}

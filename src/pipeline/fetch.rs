@@ -1,0 +1,227 @@
+//! The read side: stream an artifact, check its stored digest, and with an identity decrypt,
+//! decompress and check the plaintext digest (and the etcd trailer) against the manifest.
+
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::str::FromStr;
+
+use futures::TryStreamExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::digest::{Hasher, HashingReader};
+use crate::error::{IntegrityError, UsageError};
+use crate::manifest::{Artifact, Digest};
+use crate::store::{StoreErrorKind, Target};
+
+/// age x25519 identities loaded from files; never printed.
+#[derive(Default, Clone)]
+pub struct Identities {
+    keys: Vec<age::x25519::Identity>,
+}
+
+impl Identities {
+    /// Reads identity files (`age-keygen` output: comments and AGE-SECRET-KEY-1… lines).
+    pub fn load(files: &[impl AsRef<Path>]) -> Result<Self, UsageError> {
+        let mut keys = Vec::new();
+        for file in files {
+            let file = file.as_ref();
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                UsageError(format!("cannot read identity file {}: {e}", file.display()))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                // The line is secret: say where it is, never what it is.
+                let key = age::x25519::Identity::from_str(line).map_err(|_| {
+                    UsageError(format!(
+                        "identity file {} line {} is not an age x25519 identity (AGE-SECRET-KEY-1…)",
+                        file.display(),
+                        n + 1
+                    ))
+                })?;
+                keys.push(key);
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// An identity whose recipient the artifact was encrypted to.
+    pub fn for_artifact(&self, artifact: &Artifact) -> Option<age::x25519::Identity> {
+        self.keys
+            .iter()
+            .find(|k| {
+                let public = k.to_public().to_string();
+                artifact.encryption.recipients.contains(&public)
+            })
+            .cloned()
+    }
+}
+
+/// What [`fetch`] checked.
+pub struct Fetched<T> {
+    /// The consumer's result; None when no identity was given (stored bytes only).
+    pub contents: Option<T>,
+}
+
+/// Streams `artifact` from `target`; any mismatch with the manifest is an [`IntegrityError`].
+///
+/// With an identity, `consume` reads the plaintext (whatever it leaves unread is drained and
+/// hashed too). Its result is only trustworthy once this returns Ok.
+pub async fn fetch<T, C>(
+    target: &Target,
+    artifact: &Artifact,
+    identity: Option<age::x25519::Identity>,
+    etcd_trailer: bool,
+    consume: C,
+) -> anyhow::Result<Fetched<T>>
+where
+    T: Send + 'static,
+    C: FnOnce(&mut dyn Read) -> io::Result<T> + Send + 'static,
+{
+    let key = artifact.key.clone();
+    let (_, stream) = match target.read_stream(&key).await {
+        Ok(found) => found,
+        Err(e) if e.kind == StoreErrorKind::NotFound => {
+            return Err(IntegrityError(format!("{} is missing from {}", key, target.url())).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let reader = SyncIoBridge::new(StreamReader::new(stream.map_err(io::Error::other)));
+    let expected = artifact.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut stored = FlaggingReader::new(HashingReader {
+            inner: reader,
+            hasher: Hasher::default(),
+        });
+        let contents = match identity {
+            Some(identity) => {
+                let decoded = decode(&mut stored, &identity, etcd_trailer, consume);
+                if let Some(e) = stored.failed.take() {
+                    return Err(anyhow::Error::new(e).context(format!("reading {key}")));
+                }
+                match decoded {
+                    Ok((contents, plaintext)) => {
+                        drain(&mut stored, &key)?;
+                        compare(
+                            &key,
+                            "stored",
+                            &expected.stored,
+                            stored.inner.hasher.finish()?,
+                        )?;
+                        compare(&key, "plaintext", &expected.plaintext, plaintext)?;
+                        Some(contents)
+                    }
+                    Err(e) => {
+                        // A truncated or altered object usually fails decryption first;
+                        // the stored digest says which it was.
+                        drain(&mut stored, &key)?;
+                        compare(
+                            &key,
+                            "stored",
+                            &expected.stored,
+                            stored.inner.hasher.finish()?,
+                        )?;
+                        return Err(e);
+                    }
+                }
+            }
+            None => {
+                drain(&mut stored, &key)?;
+                compare(
+                    &key,
+                    "stored",
+                    &expected.stored,
+                    stored.inner.hasher.finish()?,
+                )?;
+                None
+            }
+        };
+        Ok(Fetched { contents })
+    })
+    .await?
+}
+
+/// Remembers a read error, so that errors of the reader are kept apart from the consumer's
+/// (a network blip or a full disk is not corruption).
+struct FlaggingReader<R> {
+    inner: R,
+    failed: Option<io::Error>,
+}
+
+impl<R> FlaggingReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            failed: None,
+        }
+    }
+}
+
+impl<R: Read> Read for FlaggingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+}
+
+fn drain(stored: &mut impl Read, key: &str) -> anyhow::Result<()> {
+    match io::copy(stored, &mut io::sink()) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {key}"))),
+    }
+}
+
+fn decode<T>(
+    stored: &mut dyn Read,
+    identity: &age::x25519::Identity,
+    etcd_trailer: bool,
+    consume: impl FnOnce(&mut dyn Read) -> io::Result<T>,
+) -> anyhow::Result<(T, Digest)> {
+    let integrity = |what: &str, e: &dyn std::fmt::Display| {
+        anyhow::Error::new(IntegrityError(format!("{what}: {e}")))
+    };
+    let decryptor = age::Decryptor::new_buffered(BufReader::new(stored))
+        .map_err(|e| integrity("not a readable age file", &e))?;
+    let plaintext = decryptor
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| integrity("age decryption failed", &e))?;
+    let decompressed = zstd::stream::read::Decoder::new(plaintext)
+        .map_err(|e| integrity("zstd decoder failed", &e))?;
+    let mut plain = FlaggingReader::new(HashingReader {
+        inner: decompressed,
+        hasher: Hasher::new(etcd_trailer),
+    });
+    let consumed = consume(&mut plain);
+    if let Some(e) = plain.failed.take() {
+        return Err(integrity("decrypting and decompressing failed", &e));
+    }
+    // The consumer's own failure (e.g. a full disk while restoring).
+    let contents = consumed?;
+    io::copy(&mut plain, &mut io::sink())
+        .map_err(|e| integrity("decrypting and decompressing failed", &e))?;
+    Ok((contents, plain.inner.hasher.finish()?))
+}
+
+fn compare(key: &str, what: &str, expected: &Digest, actual: Digest) -> Result<(), IntegrityError> {
+    if expected.size != actual.size {
+        return Err(IntegrityError(format!(
+            "{key}: {what} size is {} bytes, the manifest says {} (truncated or replaced)",
+            actual.size, expected.size
+        )));
+    }
+    if expected.sha256 != actual.sha256 {
+        return Err(IntegrityError(format!(
+            "{key}: {what} SHA-256 is {}, the manifest says {} (altered)",
+            hex::encode(actual.sha256),
+            hex::encode(expected.sha256)
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Live snapshots over the etcd v3 API, from one healthy member at a time.
+
+use std::io;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, SnapshotStreaming, TlsOptions};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::io::AsyncRead;
+use tokio_util::io::StreamReader;
+
+use crate::config::EtcdSource;
+use crate::manifest::SourceInfo;
+
+/// Where OpenShift keeps the ClusterVersion object (stored as JSON).
+const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
+
+/// etcd could not be reached or misbehaved.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd {endpoint}: {reason}")]
+pub struct EtcdError {
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// A connected, healthy member.
+pub struct EtcdMember {
+    client: Client,
+    config: EtcdSource,
+    pub endpoint: String,
+    pub member_id: u64,
+    pub version: String,
+    pub revision: i64,
+    pub db_size: u64,
+}
+
+/// Facts about the cluster read from etcd itself.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterFacts {
+    /// Latest completed OpenShift version from ClusterVersion `status.history`.
+    pub platform_version: Option<String>,
+    /// Start of the oldest history entry: when the cluster was installed.
+    pub installed_at: Option<DateTime<Utc>>,
+}
+
+impl EtcdMember {
+    /// Connects to one endpoint and reads its status.
+    pub async fn connect(config: &EtcdSource, endpoint: &str) -> Result<Self, EtcdError> {
+        let fail = |reason: String| EtcdError {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(10), config.timeout);
+        if endpoint.starts_with("https://") {
+            options = options.with_tls(tls_options(config).map_err(fail)?);
+        }
+        let connect = Client::connect([endpoint], Some(options));
+        let mut client = tokio::time::timeout(config.timeout, connect)
+            .await
+            .map_err(|_| fail(format!("no connection within {:?}", config.timeout)))?
+            .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        let status = tokio::time::timeout(config.timeout, client.status())
+            .await
+            .map_err(|_| fail(format!("no status answer within {:?}", config.timeout)))?
+            .map_err(|e| fail(format!("status failed: {e}")))?;
+        let header = status.header();
+        Ok(Self {
+            config: config.clone(),
+            endpoint: endpoint.to_string(),
+            member_id: header.map_or(0, |h| h.member_id()),
+            revision: header.map_or(0, |h| h.revision()),
+            version: status.version().to_string(),
+            db_size: u64::try_from(status.db_size()).unwrap_or(0),
+            client,
+        })
+    }
+
+    /// The manifest's description of this member.
+    pub fn source_info(&self) -> SourceInfo {
+        SourceInfo::Etcd {
+            endpoint: self.endpoint.clone(),
+            member_id: format!("{:x}", self.member_id),
+            etcd_version: self.version.clone(),
+            revision: self.revision,
+            db_size: self.db_size,
+        }
+    }
+
+    /// Reads the OpenShift ClusterVersion object, when there is one.
+    pub async fn cluster_facts(&mut self) -> ClusterFacts {
+        let get = self.client.get(CLUSTER_VERSION_KEY, None);
+        let response = match tokio::time::timeout(self.config.timeout, get).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the ClusterVersion object");
+                return ClusterFacts::default();
+            }
+            Err(_) => {
+                tracing::warn!("timed out reading the ClusterVersion object");
+                return ClusterFacts::default();
+            }
+        };
+        match response.kvs().first() {
+            Some(kv) => parse_cluster_version(kv.value()).unwrap_or_else(|reason| {
+                tracing::warn!(%reason, "ClusterVersion object not understood; platform version not recorded");
+                ClusterFacts::default()
+            }),
+            None => ClusterFacts::default(),
+        }
+    }
+
+    /// Starts the snapshot stream, with an idle timeout per message and the read rate limit.
+    pub async fn snapshot(mut self) -> Result<impl AsyncRead + Send + Unpin + 'static, EtcdError> {
+        let stream = self.client.snapshot().await.map_err(|e| EtcdError {
+            endpoint: self.endpoint.clone(),
+            reason: format!("snapshot failed to start: {e}"),
+        })?;
+        let state = StreamState {
+            stream,
+            _client: self.client,
+            endpoint: self.endpoint,
+            idle: self.config.timeout,
+            rate: self.config.read_rate_limit.map(|r| r.as_u64()),
+            started: Instant::now(),
+            read: 0,
+        };
+        let chunks: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> =
+            Box::pin(futures::stream::unfold(state, next_chunk));
+        Ok(StreamReader::new(chunks))
+    }
+}
+
+fn tls_options(config: &EtcdSource) -> Result<TlsOptions, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.cacert {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
+struct StreamState {
+    stream: SnapshotStreaming,
+    // The stream needs its client's channel alive.
+    _client: Client,
+    endpoint: String,
+    idle: Duration,
+    rate: Option<u64>,
+    started: Instant,
+    read: u64,
+}
+
+async fn next_chunk(mut state: StreamState) -> Option<(io::Result<Bytes>, StreamState)> {
+    let message = match tokio::time::timeout(state.idle, state.stream.message()).await {
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "etcd {} sent nothing for {:?} during the snapshot",
+                state.endpoint, state.idle
+            ),
+        )),
+        Ok(Err(e)) => Err(io::Error::other(format!(
+            "etcd {} snapshot stream broke: {e}",
+            state.endpoint
+        ))),
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(m))) => Ok(Bytes::copy_from_slice(m.blob())),
+    };
+    if let (Ok(chunk), Some(rate)) = (&message, state.rate) {
+        state.read += chunk.len() as u64;
+        let due = Duration::from_secs_f64(state.read as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(state.started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Some((message, state))
+}
+
+#[derive(Deserialize)]
+struct ClusterVersion {
+    status: Option<ClusterVersionStatus>,
+}
+
+#[derive(Deserialize)]
+struct ClusterVersionStatus {
+    #[serde(default)]
+    history: Vec<UpdateHistory>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateHistory {
+    state: String,
+    version: String,
+    started_time: Option<DateTime<Utc>>,
+    completion_time: Option<DateTime<Utc>>,
+}
+
+/// Latest Completed version and install time from a ClusterVersion object in JSON.
+pub fn parse_cluster_version(value: &[u8]) -> Result<ClusterFacts, String> {
+    let cv: ClusterVersion = serde_json::from_slice(value)
+        .map_err(|e| format!("not JSON (etcd-encrypted or protobuf?): {e}"))?;
+    let history = cv.status.map(|s| s.history).unwrap_or_default();
+    let platform_version = history
+        .iter()
+        .filter(|h| h.state == "Completed")
+        .max_by_key(|h| h.completion_time)
+        .map(|h| h.version.clone());
+    let installed_at = history.iter().filter_map(|h| h.started_time).min();
+    Ok(ClusterFacts {
+        platform_version,
+        installed_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_completed_version_wins() {
+        let json = br#"{"status":{"history":[
+            {"state":"Partial","version":"4.14.9","startedTime":"2026-11-20T00:00:00Z","completionTime":null},
+            {"state":"Completed","version":"4.14.7","startedTime":"2026-10-01T00:00:00Z","completionTime":"2026-10-01T01:00:00Z"},
+            {"state":"Completed","version":"4.14.3","startedTime":"2026-09-01T00:00:00Z","completionTime":"2026-09-01T01:00:00Z"}]}}"#;
+        let facts = parse_cluster_version(json).unwrap();
+        assert_eq!(facts.platform_version.as_deref(), Some("4.14.7"));
+        assert_eq!(
+            facts.installed_at.unwrap().to_rfc3339(),
+            "2026-09-01T00:00:00+00:00"
+        );
+        assert!(parse_cluster_version(b"k8s\0\x01protobuf").is_err());
+    }
+}

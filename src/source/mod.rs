@@ -1,0 +1,5 @@
+//! Where artifacts come from: a live etcd, cluster-backup.sh's files, static resources.
+
+pub mod backup_dir;
+pub mod etcd;
+pub mod static_resources;

@@ -1,0 +1,121 @@
+//! The backups in a target, read from one listing plus their manifests.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::layout::{MANIFEST_OBJECT, id_time};
+use super::{StoreError, StoreErrorKind, StoredObject, Target};
+use crate::manifest::Manifest;
+
+/// One backup directory in a target.
+#[derive(Debug, Clone)]
+pub struct BackupEntry {
+    pub id: String,
+    /// The manifest, when the backup is complete.
+    pub manifest: Option<Manifest>,
+    /// Objects in this target under the backup's directory.
+    pub objects: Vec<StoredObject>,
+    /// Why a directory with a manifest still does not count as a backup.
+    pub problem: Option<String>,
+}
+
+impl BackupEntry {
+    pub fn complete(&self) -> bool {
+        self.manifest.is_some()
+    }
+
+    /// Start time from the manifest, else from the id.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.manifest
+            .as_ref()
+            .map(|m| m.started_at)
+            .or_else(|| id_time(&self.id))
+            .unwrap_or_default()
+    }
+
+    /// When anything in this directory last changed (for the leftover grace period).
+    pub fn last_activity(&self) -> DateTime<Utc> {
+        self.objects
+            .iter()
+            .map(|o| o.last_modified)
+            .max()
+            .unwrap_or_else(|| self.started_at())
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+}
+
+/// Backup directories of `cluster` in `target`, newest first; names that are not ids are skipped.
+pub async fn list_backups(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
+    let mut by_id: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
+    for object in target.list(cluster).await? {
+        let mut parts = object.key.splitn(3, '/');
+        let (Some(_cluster), Some(id), Some(_name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id_time(id).is_some() {
+            by_id.entry(id.to_string()).or_default().push(object);
+        }
+    }
+    let mut entries = Vec::with_capacity(by_id.len());
+    for (id, objects) in by_id.into_iter().rev() {
+        let has_manifest = objects
+            .iter()
+            .any(|o| o.key.ends_with(&format!("/{MANIFEST_OBJECT}")));
+        let (manifest, problem) = if has_manifest {
+            match read_manifest(target, cluster, &id).await {
+                Ok(m) => (Some(m), None),
+                Err(ManifestProblem::Store(e)) if e.kind != StoreErrorKind::NotFound => {
+                    return Err(e);
+                }
+                Err(problem) => (None, Some(problem.to_string())),
+            }
+        } else {
+            (None, None)
+        };
+        entries.push(BackupEntry {
+            id,
+            manifest,
+            objects,
+            problem,
+        });
+    }
+    Ok(entries)
+}
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestProblem {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("manifest {key} is unreadable: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Reads and checks the manifest of backup `id` (it must describe that backup).
+pub async fn read_manifest(
+    target: &Target,
+    cluster: &str,
+    id: &str,
+) -> Result<Manifest, ManifestProblem> {
+    let key = format!("{cluster}/{id}/{MANIFEST_OBJECT}");
+    let bytes = target.read(&key).await?;
+    let manifest = Manifest::from_json(&bytes).map_err(|reason| ManifestProblem::Invalid {
+        key: key.clone(),
+        reason,
+    })?;
+    if manifest.id != id || manifest.cluster != cluster {
+        return Err(ManifestProblem::Invalid {
+            key,
+            reason: format!(
+                "it describes backup {}/{}, not {cluster}/{id}",
+                manifest.cluster, manifest.id
+            ),
+        });
+    }
+    Ok(manifest)
+}

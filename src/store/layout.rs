@@ -1,0 +1,81 @@
+//! Object names and backup ids: the storage layout of the contract.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+/// Encrypted, compressed etcd snapshot.
+pub const SNAPSHOT_OBJECT: &str = "snapshot.db.zst.age";
+/// Encrypted, compressed tar of the static Kubernetes resources.
+pub const STATIC_OBJECT: &str = "static_kuberesources.tar.zst.age";
+/// The commit point: a backup exists only when the snapshot target's manifest does.
+pub const MANIFEST_OBJECT: &str = "manifest.json";
+/// Claims an id while a backup is being written; removed after the commit.
+pub const IN_PROGRESS_OBJECT: &str = "in-progress.json";
+/// One per cluster: held while a backup runs so several hosts produce one backup.
+pub const LOCK_OBJECT: &str = "backup.lock";
+
+const ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// Backup id for a start time; `attempt` > 0 adds a suffix for a second backup in the same second.
+pub fn backup_id(started_at: DateTime<Utc>, attempt: u32) -> String {
+    let base = started_at.format(ID_FORMAT).to_string();
+    if attempt == 0 {
+        base
+    } else {
+        // Two digits keep string order equal to time order.
+        format!("{base}-{attempt:02}")
+    }
+}
+
+/// The start time encoded in an id, or None when the name is not a backup id.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let base = id.get(..16)?;
+    let suffix = &id[16..];
+    let suffix_ok = suffix.is_empty()
+        || (suffix.len() == 3
+            && suffix.starts_with('-')
+            && suffix[1..].bytes().all(|b| b.is_ascii_digit()));
+    if !suffix_ok {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(base, ID_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// `cluster-backup.sh`'s timestamp format (`date +%F_%H%M%S`), used in restored file names.
+pub fn restore_timestamp(started_at: DateTime<Utc>) -> String {
+    started_at.format("%F_%H%M%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_sort_in_time_order() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 10, 46, 49).unwrap();
+        let later = Utc.with_ymd_and_hms(2026, 11, 23, 10, 46, 50).unwrap();
+        let mut ids = vec![
+            backup_id(later, 0),
+            backup_id(t, 10),
+            backup_id(t, 2),
+            backup_id(t, 0),
+        ];
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "20261123T104649Z",
+                "20261123T104649Z-02",
+                "20261123T104649Z-10",
+                "20261123T104650Z"
+            ]
+        );
+        assert_eq!(id_time("20261123T104649Z-02"), Some(t));
+        assert_eq!(id_time("20261123T104649Z"), Some(t));
+        assert_eq!(id_time("backup.lock"), None);
+        assert_eq!(id_time("20261123T104649Zx"), None);
+        assert_eq!(restore_timestamp(t), "2026-11-23_104649");
+    }
+}

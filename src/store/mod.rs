@@ -1,0 +1,354 @@
+//! One storage interface over object_store: target URLs, object operations, the backup catalog.
+
+pub mod catalog;
+pub mod layout;
+pub mod lock;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
+};
+use url::Url;
+
+use crate::config::TargetConfig;
+use crate::error::one_line;
+
+/// Upload part size. With [`UPLOAD_CONCURRENCY`] it bounds upload buffers at about 48 MiB,
+/// and allows objects up to 80 GB within S3's and GCS's 10,000-part limit.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once.
+pub const UPLOAD_CONCURRENCY: usize = 4;
+
+/// What went wrong with a storage operation, kept apart so prune can report "denied".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    NotFound,
+    AlreadyExists,
+    Denied,
+    Other,
+}
+
+/// A storage operation failed; the message is one line without server bodies or credentials.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {location} failed: {reason}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub op: &'static str,
+    pub location: String,
+    pub reason: String,
+}
+
+/// A configured storage target: an object store plus the key prefix from its URL.
+#[derive(Debug, Clone)]
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+/// An object below a target's prefix.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// Key relative to the target URL, e.g. `prod/20261123T104649Z/manifest.json`.
+    pub key: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// The URL without user info or query (which may carry credentials).
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+fn client_options() -> ClientOptions {
+    // HTTP(S)_PROXY and NO_PROXY from the environment are honoured by the HTTP client
+    // unless the target's options set `proxy_url`.
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(120))
+}
+
+fn retry_config() -> RetryConfig {
+    // object_store's default (10 retries, 180 s) keeps a CLI silent for minutes.
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+macro_rules! cloud_store {
+    ($builder:ty, $key:ty, $url:expr, $options:expr) => {{
+        let mut builder = <$builder>::from_env()
+            .with_url($url)
+            .with_client_options(client_options())
+            .with_retry(retry_config());
+        for (key, value) in $options {
+            // Keys were validated when the config was loaded.
+            if let Ok(key) = <$key>::from_str(&key.to_ascii_lowercase()) {
+                builder = builder.with_config(key, value.clone());
+            }
+        }
+        builder.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    }};
+}
+
+impl Target {
+    /// Opens a target; file:// directories must exist (an unmounted NFS share must not fill `/`).
+    pub fn open(config: &TargetConfig) -> Result<Self, StoreError> {
+        let url_text = redact_url(&config.url);
+        let fail = |reason: String| StoreError {
+            kind: StoreErrorKind::Other,
+            op: "open",
+            location: url_text.clone(),
+            reason,
+        };
+        let url = Url::parse(&config.url).map_err(|e| fail(e.to_string()))?;
+        let (store, prefix) = match url.scheme() {
+            "file" => {
+                let dir = url
+                    .to_file_path()
+                    .map_err(|()| fail("not a local path".into()))?;
+                if !dir.is_dir() {
+                    return Err(fail(format!(
+                        "directory {} does not exist; mount the NFS share or create the directory",
+                        dir.display()
+                    )));
+                }
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| fail(one_line(&e)))?
+                    .with_automatic_cleanup(true);
+                (Arc::new(local) as Arc<dyn ObjectStore>, Path::default())
+            }
+            scheme => {
+                let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
+                let store = match scheme {
+                    "s3" => cloud_store!(
+                        object_store::aws::AmazonS3Builder,
+                        object_store::aws::AmazonS3ConfigKey,
+                        bucket_url,
+                        &config.options
+                    ),
+                    "gs" => cloud_store!(
+                        object_store::gcp::GoogleCloudStorageBuilder,
+                        object_store::gcp::GoogleConfigKey,
+                        bucket_url,
+                        &config.options
+                    ),
+                    "az" | "azure" => cloud_store!(
+                        object_store::azure::MicrosoftAzureBuilder,
+                        object_store::azure::AzureConfigKey,
+                        bucket_url,
+                        &config.options
+                    ),
+                    other => return Err(fail(format!("unsupported scheme {other}"))),
+                }
+                .map_err(|e| fail(one_line(&e)))?;
+                let prefix =
+                    Path::parse(url.path().trim_matches('/')).map_err(|e| fail(one_line(&e)))?;
+                (store, prefix)
+            }
+        };
+        Ok(Self {
+            store,
+            prefix,
+            url: url_text,
+        })
+    }
+
+    /// The target URL without credentials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(prefix)
+                .map(|rest| rest.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| full.to_string())
+        }
+    }
+
+    fn error(&self, op: &'static str, key: &str, err: &object_store::Error) -> StoreError {
+        let kind = match err {
+            object_store::Error::NotFound { .. } => StoreErrorKind::NotFound,
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StoreErrorKind::AlreadyExists,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => StoreErrorKind::Denied,
+            _ => StoreErrorKind::Other,
+        };
+        StoreError {
+            kind,
+            op,
+            location: format!("{}/{key}", self.url.trim_end_matches('/')),
+            reason: one_line(err),
+        }
+    }
+
+    /// Writes a small object only if none exists; Ok(false) when one does.
+    pub async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.error("create", key, &e) {
+                err if err.kind == StoreErrorKind::AlreadyExists => Ok(false),
+                err => Err(err),
+            },
+        }
+    }
+
+    /// Reads a small object whole (manifests, locks).
+    pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error("read", key, &e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.error("read", key, &e))
+    }
+
+    /// Streams an object; the size comes from the store.
+    pub async fn read_stream(
+        &self,
+        key: &str,
+    ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), StoreError> {
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error("read", key, &e))?;
+        let size = result.meta.size;
+        let this = self.clone();
+        let key = key.to_string();
+        let stream = result
+            .into_stream()
+            .map_err(move |e| this.error("read", &key, &e))
+            .boxed();
+        Ok((size, stream))
+    }
+
+    /// Every object below `dir` (relative key), recursively.
+    pub async fn list(&self, dir: &str) -> Result<Vec<StoredObject>, StoreError> {
+        let prefix = self.path(dir);
+        self.store
+            .list(Some(&prefix))
+            .map(|meta| {
+                meta.map(|m| StoredObject {
+                    key: self.relative(&m.location),
+                    size: m.size,
+                    last_modified: m.last_modified,
+                })
+                .map_err(|e| self.error("list", dir, &e))
+            })
+            .try_collect()
+            .await
+    }
+
+    /// Deletes an object; one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.error("delete", key, &e) {
+                err if err.kind == StoreErrorKind::NotFound => Ok(()),
+                err => Err(err),
+            },
+        }
+    }
+
+    /// Starts a multipart upload with bounded part size.
+    pub async fn upload(&self, key: &str) -> Result<WriteMultipart, StoreError> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(|e| self.error("upload", key, &e))?;
+        Ok(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+    }
+
+    /// Maps an upload error with this target's wording.
+    pub fn upload_error(&self, key: &str, err: &object_store::Error) -> StoreError {
+        self.error("upload", key, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials() {
+        assert_eq!(
+            redact_url("s3://AKIA:secret@bucket/etcd?token=abc"),
+            "s3://bucket/etcd"
+        );
+    }
+
+    #[tokio::test]
+    async fn file_target_round_trip_and_create_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap().to_string();
+        let target = Target::open(&TargetConfig {
+            url,
+            options: Default::default(),
+        })
+        .unwrap();
+        assert!(target.create("c/1/m.json", Bytes::from("a")).await.unwrap());
+        assert!(!target.create("c/1/m.json", Bytes::from("b")).await.unwrap());
+        assert_eq!(target.read("c/1/m.json").await.unwrap(), "a");
+        let listed = target.list("c").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "c/1/m.json");
+        target.delete("c/1/m.json").await.unwrap();
+        target.delete("c/1/m.json").await.unwrap();
+        assert!(target.list("c").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn missing_directory_is_explained() {
+        let err = Target::open(&TargetConfig {
+            url: "file:///nonexistent/etcd-offsite".into(),
+            options: Default::default(),
+        })
+        .unwrap_err();
+        assert!(err.reason.contains("mount the NFS share"), "{err}");
+    }
+}
