@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Installs what the etcd-offsite test suite needs, and only what is missing.
+# Idempotent and non-interactive (works with CI=true and no stdin); quiet when
+# everything is already present. Run as root, or as a user with sudo.
+#
+#   apt : etcd-server etcd-client age zstd protobuf-compiler curl openssl
+#         build-essential time   (+ nodejs npm only if npm itself is missing)
+#   pip : moto[server] azure-storage-blob
+#   npm : azurite@3 (global; provides azurite-blob)
+#   cargo must already exist (rustup toolchain); we fail clearly if it does not.
+set -euo pipefail
+
+log() { echo "setup.sh: $*" >&2; }
+die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo -n)
+else
+    die "not root and sudo is not available; run as root or install sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------- apt
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler curl openssl build-essential time)
+
+apt_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+APT_UPDATED=0
+apt_install() {
+    # apt_install PKG... : installs the given packages (apt-get update once per run)
+    [ "$#" -gt 0 ] || return 0
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: $*"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" apt-get update -qq </dev/null >/dev/null \
+            || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "$@" </dev/null >/dev/null \
+        || die "apt-get install $* failed"
+}
+
+missing_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+    apt_installed "$p" || missing_apt+=("$p")
+done
+if [ "${#missing_apt[@]}" -gt 0 ]; then
+    apt_install "${missing_apt[@]}"
+fi
+
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc; do
+    command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
+done
+
+# ---------------------------------------------------------------- python
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip python3-venv
+fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3-pip
+fi
+
+pip_install() {
+    log "pip install $*"
+    local args=(--quiet --disable-pip-version-check --no-input)
+    if [ "$(id -u)" -eq 0 ]; then args+=(--root-user-action=ignore); fi
+    local out
+    if out=$(python3 -m pip install "${args[@]}" "$@" 2>&1 </dev/null); then
+        return 0
+    fi
+    # Debian's system python refuses pip (PEP 668) unless told otherwise.
+    if echo "$out" | grep -q "externally-managed-environment"; then
+        python3 -m pip install "${args[@]}" --break-system-packages "$@" </dev/null \
+            || die "pip install $* failed"
+    else
+        echo "$out" >&2
+        die "pip install $* failed"
+    fi
+}
+
+pip_missing=()
+python3 -c 'import moto, moto.server, flask, flask_cors' >/dev/null 2>&1 \
+    || pip_missing+=('moto[server]>=5,<6')
+python3 -c 'import azure.storage.blob' >/dev/null 2>&1 \
+    || pip_missing+=('azure-storage-blob>=12,<13')
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+    pip_install "${pip_missing[@]}"
+fi
+python3 -c 'import moto.server, azure.storage.blob' >/dev/null 2>&1 \
+    || die "python modules moto.server / azure.storage.blob still not importable by $(command -v python3)"
+
+# ---------------------------------------------------------------- node / azurite
+if ! command -v azurite-blob >/dev/null 2>&1; then
+    if ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    log "npm install -g azurite@3"
+    "${SUDO[@]}" npm install -g --no-fund --no-audit --loglevel=error azurite@3 </dev/null >/dev/null \
+        || die "npm install -g azurite@3 failed"
+    hash -r
+    command -v azurite-blob >/dev/null 2>&1 \
+        || die "azurite-blob not on PATH after npm install -g (npm prefix: $(npm prefix -g))"
+fi
+
+# ---------------------------------------------------------------- rust
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        die "cargo exists at $HOME/.cargo/bin/cargo but is not on PATH: run '. \"\$HOME/.cargo/env\"' first"
+    fi
+    die "cargo not found: install a Rust toolchain (rustup) first; it cannot be installed by this script"
+fi
+
+exit 0

@@ -1,0 +1,243 @@
+//! Issue 3: one-pass backups from a real etcd (plain and TLS) to a directory target,
+//! read back with the stock `age` and `zstd` CLIs and restored into a real etcd.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::fixture::Fixture;
+use common::*;
+
+/// Backs up `etcd` into a fresh directory target; returns (target dir, backup id).
+fn backup_to_dir(fx: &Fixture, etcd: &EtcdServer) -> (std::path::PathBuf, String) {
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    let out = run_ok(fx.cmd(&config).arg("backup"));
+    let id = stdout_str(&out)
+        .lines()
+        .last()
+        .expect("backup prints the id")
+        .to_string();
+    (dir, id)
+}
+
+fn round_trip(tls: bool) {
+    let etcd = EtcdServer::start(tls);
+    etcd.load(3000, 300);
+    etcd.put(
+        "/registry/secrets/kube-system/bootstrap",
+        b"\x00binary\xffvalue",
+    );
+    let before = etcd.dump();
+    let fx = Fixture::new();
+    let (dir, id) = backup_to_dir(&fx, &etcd);
+    let backup = dir.join("test").join(&id);
+    assert!(backup.join("manifest.json").is_file(), "manifest written");
+
+    // Stock tools: age -d | zstd -d gives a snapshot etcdctl accepts and restores.
+    let snapshot = fx.path("snapshot.db");
+    age_zstd_decrypt(
+        &fx.snapshot_key,
+        &backup.join("snapshot.db.zst.age"),
+        &snapshot,
+    )
+    .expect("age -d | zstd -d");
+    snapshot_restore_check(&snapshot).expect("etcdctl snapshot status/restore accept it");
+    let restored = EtcdServer::start_from_snapshot(&snapshot);
+    assert_eq!(
+        restored.dump(),
+        before,
+        "restored etcd holds the same keys and values"
+    );
+
+    // The manifest records the member and both artifacts' digests.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&read(&backup.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["id"], id.as_str());
+    assert_eq!(manifest["source"]["kind"], "etcd");
+    assert_eq!(manifest["source"]["etcd_version"], "3.4.23");
+    assert_eq!(
+        manifest["source"]["revision"].as_i64(),
+        Some(etcd.revision())
+    );
+    assert_eq!(
+        manifest["artifacts"]["snapshot"]["plaintext"]["sha256"],
+        sha256_file(&snapshot).as_str()
+    );
+    assert_eq!(
+        manifest["artifacts"]["snapshot"]["stored"]["sha256"],
+        sha256_file(&backup.join("snapshot.db.zst.age")).as_str()
+    );
+}
+
+#[test]
+fn plain_etcd_round_trips_through_stock_tools() {
+    round_trip(false);
+}
+
+#[test]
+fn tls_etcd_round_trips_through_stock_tools() {
+    round_trip(true);
+}
+
+#[test]
+fn static_archive_opens_only_with_its_own_identity() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(100, 100);
+    let fx = Fixture::new();
+    let (dir, id) = backup_to_dir(&fx, &etcd);
+    let archive = dir
+        .join("test")
+        .join(&id)
+        .join("static_kuberesources.tar.zst.age");
+    let out = fx.path("static.tar");
+    let err = age_decrypt(&fx.snapshot_key, &archive, &out)
+        .expect_err("the snapshot identity must not open the keys archive");
+    assert!(err.contains("no identity matched"), "{err}");
+    age_zstd_decrypt(&fx.static_key, &archive, &out).expect("its own identity opens it");
+    let listing = run_ok(Command::new("tar").arg("tf").arg(&out));
+    let names = stdout_str(&listing);
+    for member in [
+        "static-pod-resources/kube-apiserver-pod-7/secrets/encryption-config",
+        "static-pod-resources/kube-apiserver-pod-7/configmaps/config/config.yaml",
+    ] {
+        assert!(
+            names.lines().any(|l| l == member),
+            "{member} missing from:\n{names}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_first_endpoint_fails_over_to_the_next() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(200, 100);
+    let fx = Fixture::new();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source(&[dead, etcd.endpoint()], None),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    let out = run_ok(fx.cmd(&config).args(["backup", "--json"]));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["source"]["endpoint"], etcd.endpoint().as_str());
+    assert!(
+        dir.join("test")
+            .join(manifest["id"].as_str().unwrap())
+            .join("manifest.json")
+            .is_file()
+    );
+}
+
+/// Lists backups as JSON.
+fn list_json(fx: &Fixture, config: &Path) -> Vec<serde_json::Value> {
+    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn etcd_killed_mid_snapshot_leaves_no_manifest() {
+    let mut etcd = EtcdServer::start(false);
+    // Large enough that the stream is still running when etcd dies.
+    etcd.load(1500, 100_000);
+    let fx = Fixture::new();
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    // Slow the read so the kill lands mid-stream.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "    timeout: 5s\n",
+        "    timeout: 5s\n    read_rate_limit: 20MiB\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = fx
+        .cmd(&config)
+        .arg("backup")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    etcd.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains("snapshot"),
+        "{}",
+        describe_output(&out)
+    );
+    let manifests: Vec<_> = walk(&dir)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect();
+    assert!(
+        manifests.is_empty(),
+        "no manifest after a failed backup: {manifests:?}"
+    );
+    assert!(
+        list_json(&fx, &config)
+            .iter()
+            .all(|b| b["complete"] == false)
+    );
+    let leftovers: Vec<_> = walk(&dir).into_iter().filter(|p| p.is_file()).collect();
+    assert!(
+        leftovers.is_empty(),
+        "the failed run cleaned up after itself: {leftovers:?}"
+    );
+}
+
+#[test]
+fn a_stalled_member_times_out_and_the_next_one_serves() {
+    let first = EtcdServer::start(false);
+    first.load(300, 1000);
+    let second = EtcdServer::start(false);
+    second.load(300, 1000);
+    let fx = Fixture::new();
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source(&[first.endpoint(), second.endpoint()], None),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    // Frozen before connect: status times out and the second member serves.
+    first.pause();
+    let out = run_ok(fx.cmd(&config).args(["backup", "--json"]));
+    first.resume();
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["source"]["endpoint"], second.endpoint().as_str());
+    assert_eq!(
+        walk(&dir)
+            .iter()
+            .filter(|p| p.ends_with("manifest.json"))
+            .count(),
+        1
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
