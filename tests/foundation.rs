@@ -241,3 +241,184 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Each bad config exits 2 and the message names the key (and the secret never shows).
+#[test]
+fn bad_configs_exit_2_naming_the_key() {
+    let fx = Fixture::new();
+    let (_, url) = fx.file_url("backups");
+    let good_source = fx.etcd_source(&["http://127.0.0.1:1".to_string()], None);
+    let good_targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let secret_key_line = std::fs::read_to_string(&fx.snapshot_key)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        (
+            "overlapping recipients",
+            good_source.clone(),
+            good_targets.clone(),
+            "encryption.static_resources.recipients",
+        ),
+        (
+            "malformed recipient",
+            good_source.clone(),
+            good_targets.clone(),
+            "encryption.snapshot.recipients[0]",
+        ),
+        (
+            "secret key as recipient",
+            good_source.clone(),
+            good_targets.clone(),
+            "encryption.snapshot.recipients[0]",
+        ),
+        (
+            "missing target",
+            good_source.clone(),
+            String::new(),
+            "targets",
+        ),
+        (
+            "bad url",
+            good_source.clone(),
+            "  snapshot: { url: \"ftp://host/x\" }\n".into(),
+            "targets.snapshot.url",
+        ),
+        (
+            "unreadable TLS file",
+            good_source.replace(
+                "    timeout: 5s\n",
+                "    timeout: 5s\n    cacert: /nonexistent/ca.crt\n",
+            ),
+            good_targets.clone(),
+            "source.etcd.cacert",
+        ),
+        (
+            "missing static paths",
+            good_source.replace(
+                &fx.static_dir.display().to_string(),
+                &fx.base_dir
+                    .join("static-pod-resources/nope")
+                    .display()
+                    .to_string(),
+            ),
+            good_targets.clone(),
+            "source.static_resources.paths[0]",
+        ),
+        (
+            "unknown key",
+            good_source.replace("    timeout: 5s\n", "    timeuot: 5s\n"),
+            good_targets.clone(),
+            "source.etcd.timeuot",
+        ),
+    ];
+    for (name, source, targets, key) in cases {
+        let path = fx.write_config("bad.yaml", &source, &targets, "");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        match name {
+            "overlapping recipients" => {
+                text = text.replace(&fx.static_recipient, &fx.snapshot_recipient)
+            }
+            "malformed recipient" => text = text.replacen(&fx.snapshot_recipient, "age1bogus", 1),
+            "secret key as recipient" => {
+                text = text.replacen(&fx.snapshot_recipient, &secret_key_line, 1)
+            }
+            "missing target" => text = text.replace("targets:\n", ""),
+            _ => {}
+        }
+        std::fs::write(&path, text).unwrap();
+        for args in [&["config", "check"][..], &["backup"][..]] {
+            let out = run(fx.cmd(&path).args(args));
+            let stderr = stderr_str(&out);
+            assert_eq!(exit_code(&out), 2, "{name}: {}", describe_output(&out));
+            assert!(
+                stderr.contains(&format!("`{key}`")),
+                "{name}: key {key} not named in {stderr}"
+            );
+            assert!(!stderr.contains(&secret_key_line), "{name}: secret echoed");
+        }
+    }
+}
+
+#[test]
+fn config_check_connect_reaches_etcd_and_the_target() {
+    let etcd = EtcdServer::start(true);
+    let fx = Fixture::new();
+    let (_, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    let out = run_ok(fx.cmd(&config).args(["config", "check", "--connect"]));
+    let text = stdout_str(&out);
+    assert!(
+        text.contains(&format!("etcd {}: ok", etcd.endpoint())),
+        "{text}"
+    );
+    assert!(text.contains("(list, write, delete)"), "{text}");
+    // A target directory that is not there (an unmounted NFS share) is a runtime failure.
+    let missing = fx.write_config(
+        "missing.yaml",
+        &fx.etcd_source_for(&etcd),
+        "  snapshot: { url: \"file:///nonexistent/etcd-offsite\" }\n",
+        "",
+    );
+    let out = run_code(fx.cmd(&missing).arg("backup"), 1);
+    assert!(
+        stderr_str(&out).contains("mount the NFS share"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn a_second_host_is_refused_while_the_lock_is_held() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(50, 100);
+    let fx = Fixture::new();
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    std::fs::create_dir_all(dir.join("test")).unwrap();
+    let held = serde_json::json!({
+        "host": "master-1", "pid": 1,
+        "acquired_at": chrono_now(0), "expires_at": chrono_now(3600),
+    });
+    std::fs::write(dir.join("test/backup.lock"), held.to_string()).unwrap();
+    let out = run_code(fx.cmd(&config).arg("backup"), 4);
+    assert!(
+        stderr_str(&out).contains("held by master-1"),
+        "{}",
+        describe_output(&out)
+    );
+    // An expired lock (a crashed run) is broken and the backup goes ahead.
+    let stale = serde_json::json!({
+        "host": "master-1", "pid": 1,
+        "acquired_at": chrono_now(-7200), "expires_at": chrono_now(-60),
+    });
+    std::fs::write(dir.join("test/backup.lock"), stale.to_string()).unwrap();
+    run_ok(fx.cmd(&config).arg("backup"));
+    assert!(
+        !dir.join("test/backup.lock").exists(),
+        "lock released after the backup"
+    );
+}
+
+/// RFC 3339 time `offset` seconds from now, via `date` (no chrono in the tests).
+fn chrono_now(offset: i64) -> String {
+    let out = run_ok(Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("{offset} seconds"),
+        "+%Y-%m-%dT%H:%M:%SZ",
+    ]));
+    stdout_str(&out).trim().to_string()
+}

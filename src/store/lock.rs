@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::layout::LOCK_OBJECT;
-use super::{StoreError, StoreErrorKind, Target};
+use super::{StoreErrorKind, Target};
 use crate::error::Refused;
 
 /// A lock older than this is taken to belong to a crashed run and is broken.
@@ -26,16 +26,9 @@ pub struct BackupLock {
     key: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Held(#[from] Refused),
-}
-
 /// Takes the lock of `cluster` in `target`, breaking an expired one.
-pub async fn acquire(target: &Target, cluster: &str) -> Result<BackupLock, LockError> {
+/// A lock held by another run is a [`Refused`] error; store failures are [`StoreError`]s.
+pub async fn acquire(target: &Target, cluster: &str) -> anyhow::Result<BackupLock> {
     let key = format!("{cluster}/{LOCK_OBJECT}");
     for _ in 0..2 {
         let now = Utc::now();
