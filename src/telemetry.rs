@@ -23,3 +23,25 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
+
+/// A plaintext byte counter drawn on stderr only when it is a terminal.
+pub fn progress(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            indicatif::ProgressBar::new(total),
+            "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ),
+        None => (
+            indicatif::ProgressBar::new_spinner(),
+            "{prefix:>16} {spinner} {bytes} {binary_bytes_per_sec}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}

@@ -20,6 +20,7 @@ use crate::store::layout::{
     IN_PROGRESS_OBJECT, MANIFEST_OBJECT, SNAPSHOT_OBJECT, STATIC_OBJECT, backup_id,
 };
 use crate::store::{Target, lock};
+use crate::telemetry;
 
 /// OpenShift: certificates rotate during the first day; a backup from then cannot restore.
 const FRESH_CLUSTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
@@ -153,10 +154,15 @@ async fn write_backup<'t>(
         written.push((&targets.static_resources, static_key));
     }
 
+    let snapshot_size = match &prepared {
+        Prepared::Etcd { member, .. } => Some(member.db_size + 32),
+        Prepared::BackupDir(pair) => std::fs::metadata(&pair.snapshot).ok().map(|m| m.len()),
+    };
     let snapshot_encoding = Encoding {
         recipients: config.encryption.snapshot.clone(),
         compression: config.compression,
         etcd_trailer: true,
+        progress: telemetry::progress("snapshot", snapshot_size),
     };
     let (snapshot_artifact, source, facts) = match prepared {
         Prepared::BackupDir(pair) => {
@@ -256,6 +262,7 @@ where
         recipients,
         compression: config.compression,
         etcd_trailer: false,
+        progress: telemetry::progress("static resources", None),
     };
     let (artifact, _) = pipeline::ship(target, key, encoding, produce)
         .await

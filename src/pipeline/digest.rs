@@ -82,16 +82,18 @@ impl Hasher {
     }
 }
 
-/// Hashes what is written on its way to `inner`.
+/// Hashes what is written on its way to `inner`, and counts it on a progress bar.
 pub struct HashingWriter<W> {
     pub inner: W,
     pub hasher: Hasher,
+    pub progress: indicatif::ProgressBar,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.progress.inc(n as u64);
         Ok(n)
     }
 
@@ -156,6 +158,7 @@ mod tests {
         let mut w = HashingWriter {
             inner: Vec::new(),
             hasher: Hasher::new(true),
+            progress: indicatif::ProgressBar::hidden(),
         };
         w.write_all(&data[..4]).unwrap();
         w.write_all(&data[4..]).unwrap();

@@ -34,6 +34,8 @@ pub struct Encoding {
     pub compression: Compression,
     /// The plaintext is an etcd snapshot whose last 32 bytes are the SHA-256 of the rest.
     pub etcd_trailer: bool,
+    /// Advanced by plaintext bytes (hidden unless stderr is a terminal).
+    pub progress: indicatif::ProgressBar,
 }
 
 /// Why an artifact could not be shipped; the upload has been aborted in every case.
@@ -134,11 +136,15 @@ fn encode<T>(
         .wrap_output(UploadSink::new(tx))
         .map_err(ShipError::Encode)?;
     let mut compressed = zstd_writer(encrypted, encoding.compression).map_err(ShipError::Encode)?;
+    // A retry from another member starts the count again.
+    encoding.progress.set_position(0);
     let mut plain = HashingWriter {
         inner: &mut compressed,
         hasher: Hasher::new(encoding.etcd_trailer),
+        progress: encoding.progress.clone(),
     };
     let produced = produce(&mut plain).map_err(ShipError::Source)?;
+    encoding.progress.finish_and_clear();
     let plaintext = plain.hasher.finish()?;
     let encrypted = compressed.finish().map_err(ShipError::Encode)?;
     let sink = encrypted.finish().map_err(ShipError::Encode)?;
