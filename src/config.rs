@@ -146,6 +146,8 @@ pub struct Schedule {
     pub cron: croner::Cron,
     pub cron_text: String,
     pub jitter: Duration,
+    /// How often `run` checks etcd for a new platform version (a backup follows every upgrade).
+    pub upgrade_check: Option<Duration>,
 }
 
 // ---- the YAML shape -------------------------------------------------------------
@@ -211,6 +213,8 @@ struct RawSchedule {
     cron: String,
     #[serde(default, with = "humantime_serde")]
     jitter: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    upgrade_check: Option<Duration>,
 }
 
 /// Loads and validates the configuration file.
@@ -357,6 +361,22 @@ fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let schedule = raw.schedule.map(validate_schedule).transpose()?;
+    if schedule.as_ref().is_some_and(|s| s.upgrade_check.is_some())
+        && !matches!(source, SnapshotSource::Etcd(_))
+    {
+        return Err(ConfigError::new(
+            "schedule.upgrade_check",
+            "needs `source.etcd`: the platform version is read from etcd; remove the key",
+        ));
+    }
+    if schedule.as_ref().is_some_and(|s| s.upgrade_check.is_some())
+        && raw.labels.contains_key("platform_version")
+    {
+        return Err(ConfigError::new(
+            "schedule.upgrade_check",
+            "`labels.platform_version` overrides the detected version, so upgrades cannot be seen; remove one of the two",
+        ));
+    }
 
     Ok(Config {
         cluster: raw.cluster,
@@ -663,6 +683,7 @@ fn validate_schedule(raw: RawSchedule) -> Result<Schedule, ConfigError> {
         cron,
         cron_text: raw.cron,
         jitter: raw.jitter.unwrap_or_default(),
+        upgrade_check: raw.upgrade_check,
     })
 }
 

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use super::Targets;
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{Config, SnapshotSource};
 use crate::error::{ConfigError, ExitKind, exit_kind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +98,8 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
     tokio::spawn(serve_metrics(listener, metrics.clone()));
     tracing::info!(cron = %schedule.cron_text, jitter = ?schedule.jitter, metrics = %args.metrics_listen, "scheduler started");
+    let mut recorded_version = newest_platform_version(config, &targets).await;
+    let mut upgrade_check = schedule.upgrade_check.map(tokio::time::interval);
     loop {
         let next = schedule
             .cron
@@ -109,15 +111,25 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         } else {
             rand::random_range(0..=jitter_ms)
         });
-        let wait = (next - Utc::now()).to_std().unwrap_or_default() + jitter;
+        let due =
+            tokio::time::Instant::now() + (next - Utc::now()).to_std().unwrap_or_default() + jitter;
         tracing::info!(next = %next.to_rfc3339(), jitter = ?jitter, "next backup");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown() => {
-                tracing::info!("shutting down");
-                return Ok(());
+        let reason = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break "schedule",
+                _ = tick(&mut upgrade_check) => {
+                    if let Some(version) = upgraded(config, recorded_version.as_deref()).await {
+                        tracing::info!(%version, "platform version changed since the last backup");
+                        break "upgrade";
+                    }
+                }
+                _ = shutdown() => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
             }
-        }
+        };
+        tracing::info!(reason, "backup starting");
         let started = std::time::Instant::now();
         let outcome = super::backup::execute(config, &targets, false).await;
         metrics.last_duration.set(started.elapsed().as_secs_f64());
@@ -128,6 +140,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
                 metrics
                     .last_stored_bytes
                     .set(i64::try_from(manifest.stored_size()).unwrap_or(i64::MAX));
+                recorded_version = manifest.platform_version.clone();
                 if let Err(e) = super::backup::prune_after(config, &targets, &manifest.id).await {
                     tracing::error!(error = %format!("{e:#}"), "prune failed");
                 }
@@ -142,6 +155,46 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Waits for the next upgrade check, or forever when checks are off.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The platform version of the newest complete backup in the target.
+async fn newest_platform_version(config: &Config, targets: &Targets) -> Option<String> {
+    match crate::store::catalog::list_backups(&targets.snapshot, &config.cluster).await {
+        Ok(entries) => entries
+            .into_iter()
+            .find_map(|e| e.manifest)
+            .and_then(|m| m.platform_version),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the newest backup's platform version");
+            None
+        }
+    }
+}
+
+/// The cluster's platform version when it differs from the recorded one.
+async fn upgraded(config: &Config, recorded: Option<&str>) -> Option<String> {
+    let SnapshotSource::Etcd(etcd) = &config.source else {
+        return None;
+    };
+    let mut member = match super::backup::first_healthy(etcd, 0).await {
+        Ok((_, member)) => member,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "upgrade check: etcd unavailable");
+            return None;
+        }
+    };
+    let current = member.cluster_facts().await.platform_version?;
+    (Some(current.as_str()) != recorded).then_some(current)
 }
 
 async fn shutdown() {

@@ -1,0 +1,152 @@
+//! `run`: scheduled backups, a backup after every platform upgrade, Prometheus metrics.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::fixture::Fixture;
+use common::*;
+
+fn list_ids(fx: &Fixture, config: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+struct Scheduler(Child);
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(fx: &Fixture, config: &std::path::Path, metrics_port: u16) -> Scheduler {
+    let child = fx
+        .cmd(config)
+        .args([
+            "run",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(fx.path("run.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    Scheduler(child)
+}
+
+fn cluster_version(history: &[(&str, &str, &str)]) -> String {
+    let entries: Vec<serde_json::Value> = history
+        .iter()
+        .map(|(state, version, started)| {
+            serde_json::json!({
+                "state": state, "version": version,
+                "startedTime": started, "completionTime": started,
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "ClusterVersion", "status": {"history": entries}}).to_string()
+}
+
+const CV_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
+
+#[test]
+fn scheduled_backups_run_and_metrics_are_served() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(100, 100);
+    let fx = Fixture::new();
+    let (_, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "schedule: { cron: \"*/2 * * * * *\" }\nretention: { keep_last: 2 }\n",
+    );
+    let port = free_port();
+    let mut scheduler = start(&fx, &config, port);
+    let enough = wait_until(Duration::from_secs(30), || {
+        list_ids(&fx, &config)
+            .iter()
+            .filter(|b| b["complete"] == true)
+            .count()
+            >= 2
+    });
+    assert!(
+        enough,
+        "two scheduled backups within 30 s:\n{}",
+        tail(&fx.path("run.log"), 30)
+    );
+    let metrics = http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"");
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    assert!(
+        text.contains("etcd_offsite_backups_total{result=\"success\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("etcd_offsite_last_success_timestamp_seconds"),
+        "{text}"
+    );
+    // Prune runs after each backup.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        list_ids(&fx, &config).len() <= 3,
+        "pruned to keep_last 2 (+1 in flight)"
+    );
+    // SIGTERM stops it cleanly.
+    run_ok(Command::new("kill").args(["-TERM", &scheduler.0.id().to_string()]));
+    let status = scheduler.0.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+}
+
+#[test]
+fn an_upgrade_triggers_a_backup() {
+    let etcd = EtcdServer::start(false);
+    etcd.put(
+        CV_KEY,
+        cluster_version(&[("Completed", "4.14.7", "2026-01-01T00:00:00Z")]),
+    );
+    let fx = Fixture::new();
+    let (_, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        // The cron never fires during the test: only upgrades cause backups.
+        "schedule: { cron: \"0 3 1 1 *\", upgrade_check: 1s }\n",
+    );
+    let _scheduler = start(&fx, &config, free_port());
+    let versions = || -> Vec<String> {
+        list_ids(&fx, &config)
+            .iter()
+            .filter_map(|b| b["platform_version"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || versions() == ["4.14.7"]),
+        "first backup of 4.14.7: {:?}\n{}",
+        versions(),
+        tail(&fx.path("run.log"), 30)
+    );
+    // No new version: no new backup.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(versions(), ["4.14.7"]);
+    etcd.put(
+        CV_KEY,
+        cluster_version(&[
+            ("Completed", "4.14.8", "2026-11-01T00:00:00Z"),
+            ("Completed", "4.14.7", "2026-01-01T00:00:00Z"),
+        ]),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || versions()
+            == ["4.14.8", "4.14.7"]),
+        "a backup after the upgrade: {:?}\n{}",
+        versions(),
+        tail(&fx.path("run.log"), 30)
+    );
+}
