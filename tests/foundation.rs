@@ -11,13 +11,7 @@ use common::*;
 
 /// Backs up `etcd` into a fresh directory target; returns (target dir, backup id).
 fn backup_to_dir(fx: &Fixture, etcd: &EtcdServer) -> (std::path::PathBuf, String) {
-    let (dir, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
+    let (dir, config) = fx.dir_config(etcd, "");
     let out = run_ok(fx.cmd(&config).arg("backup"));
     let id = stdout_str(&out)
         .lines()
@@ -150,13 +144,7 @@ fn etcd_killed_mid_snapshot_leaves_no_manifest() {
     // Large enough that the stream is still running when etcd dies.
     etcd.load(1500, 100_000);
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(&etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
+    let (dir, config) = fx.dir_config(&etcd, "");
     // Slow the read so the kill lands mid-stream.
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "    timeout: 5s\n",
@@ -346,13 +334,7 @@ fn bad_configs_exit_2_naming_the_key() {
 fn config_check_connect_reaches_etcd_and_the_target() {
     let etcd = EtcdServer::start(true);
     let fx = Fixture::new();
-    let (_, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(&etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
+    let (_, config) = fx.dir_config(&etcd, "");
     let out = run_ok(fx.cmd(&config).args(["config", "check", "--connect"]));
     let text = stdout_str(&out);
     assert!(
@@ -380,13 +362,7 @@ fn a_second_host_is_refused_while_the_lock_is_held() {
     let etcd = EtcdServer::start(false);
     etcd.load(50, 100);
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(&etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
+    let (dir, config) = fx.dir_config(&etcd, "");
     std::fs::create_dir_all(dir.join("test")).unwrap();
     let held = serde_json::json!({
         "host": "master-1", "pid": 1,

@@ -59,11 +59,8 @@ fn scheduled_backups_run_and_metrics_are_served() {
     let etcd = EtcdServer::start(false);
     etcd.load(100, 100);
     let fx = Fixture::new();
-    let (_, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(&etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+    let (_, config) = fx.dir_config(
+        &etcd,
         "schedule: { cron: \"*/2 * * * * *\" }\nretention: { keep_last: 2 }\n",
     );
     let port = free_port();
@@ -111,12 +108,9 @@ fn an_upgrade_triggers_a_backup() {
         cluster_version(&[("Completed", "4.14.7", "2026-01-01T00:00:00Z")]),
     );
     let fx = Fixture::new();
-    let (_, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source_for(&etcd),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        // The cron never fires during the test: only upgrades cause backups.
+    // The cron never fires during the test: only upgrades cause backups.
+    let (_, config) = fx.dir_config(
+        &etcd,
         "schedule: { cron: \"0 3 1 1 *\", upgrade_check: 1s }\n",
     );
     let _scheduler = start(&fx, &config, free_port());

@@ -115,6 +115,18 @@ impl Fixture {
         (dir, url)
     }
 
+    /// A config backing up `etcd` into a new `backups` directory; returns (that directory, config path).
+    pub fn dir_config(&self, etcd: &EtcdServer, extra: &str) -> (PathBuf, PathBuf) {
+        let (dir, url) = self.file_url("backups");
+        let config = self.write_config(
+            "config.yaml",
+            &self.etcd_source_for(etcd),
+            &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+            extra,
+        );
+        (dir, config)
+    }
+
     /// Both identity files as `--identity` arguments.
     pub fn identity_args(&self) -> Vec<String> {
         vec![
