@@ -1,8 +1,9 @@
 //! `restore`: the `snapshot_<ts>.db` + `static_kuberesources_<ts>.tar.gz` pair that
 //! OpenShift's cluster-restore.sh takes, checked before it gets its final name.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{self, BufWriter};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -129,7 +130,12 @@ async fn restore_artifact(
     staged: &Staged,
     gzip: bool,
 ) -> anyhow::Result<()> {
-    let file = File::create_new(&staged.partial)
+    // Owner-only: the snapshot names every resource and the tarball holds the encryption keys.
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged.partial)
         .with_context(|| format!("creating {}", staged.partial.display()))?;
     let etcd_trailer = name == "snapshot";
     fetch(
@@ -153,6 +159,7 @@ async fn restore_artifact(
         },
     )
     .await
+    .map_err(anyhow::Error::from)
     .with_context(|| format!("restoring {name} of {}", artifact.key))?;
     Ok(())
 }

@@ -11,8 +11,8 @@ use crate::cli::VerifyArgs;
 use crate::config::Config;
 use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
 use crate::manifest::Manifest;
-use crate::pipeline::{Identities, fetch};
-use crate::store::catalog::{ManifestProblem, list_backups, read_manifest};
+use crate::pipeline::{FetchError, Identities, fetch};
+use crate::store::catalog::{BackupEntry, ManifestProblem, list_backups, read_manifest};
 use crate::store::layout::MANIFEST_OBJECT;
 
 #[derive(Debug, Serialize)]
@@ -160,11 +160,20 @@ pub async fn select(
             Err(ManifestProblem::Store(e)) => Err(e.into()),
             Err(invalid @ ManifestProblem::Invalid { .. }) => Err(IntegrityError(invalid.to_string()).into()),
         },
-        None => list_backups(&targets.snapshot, &config.cluster)
+        // The newest directory with a manifest: a broken one is reported, not skipped over.
+        None => match list_backups(&targets.snapshot, &config.cluster)
             .await?
             .into_iter()
-            .find_map(|e| e.manifest)
-            .ok_or_else(|| anyhow!(UsageError(format!("no complete backup of cluster {} yet", config.cluster)))),
+            .find(|e| e.manifest.is_some() || e.problem.is_some())
+        {
+            Some(BackupEntry { manifest: Some(m), .. }) => Ok(m),
+            Some(BackupEntry { id, problem, .. }) => Err(IntegrityError(format!(
+                "the newest backup {id} is not usable: {}; pass the id of another backup (see `etcd-offsite list`)",
+                problem.unwrap_or_default()
+            ))
+            .into()),
+            None => Err(anyhow!(UsageError(format!("no complete backup of cluster {} yet", config.cluster)))),
+        },
     }
 }
 
@@ -201,13 +210,12 @@ async fn verify_backup(
                 Some(Ok(_)) => (true, Some(true), None),
                 None => (true, None, None),
             },
-            Err(e) if exit_kind(&e) == ExitKind::Integrity => {
-                let text = format!("{e:#}");
-                // Stored mismatches are found before the contents are judged.
-                let stored_ok = !text.contains(": stored ") && !text.contains("is missing");
-                (stored_ok, checks_contents.then_some(false), Some(text))
+            // Stored mismatches are found before the contents are judged.
+            Err(FetchError::Stored(e)) => (false, checks_contents.then_some(false), Some(e.0)),
+            Err(FetchError::Other(e)) if exit_kind(&e) == ExitKind::Integrity => {
+                (true, Some(false), Some(format!("{e:#}")))
             }
-            Err(e) => return Err(e),
+            Err(FetchError::Other(e)) => return Err(e),
         };
         report.ok &= stored_ok && contents_ok != Some(false);
         report.artifacts.push(ArtifactReport {

@@ -69,6 +69,32 @@ pub struct Fetched<T> {
     pub contents: Option<T>,
 }
 
+/// Why [`fetch`] failed, with the stored object's own failures kept apart from the rest.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The stored object is missing, or its size or SHA-256 differs from the manifest
+    /// (found without an identity, before any contents are judged).
+    Stored(IntegrityError),
+    /// Anything else: the contents failed a check (an [`IntegrityError`] in the chain), the
+    /// store could not be read, or the consumer failed.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for FetchError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<FetchError> for anyhow::Error {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Stored(e) => e.into(),
+            FetchError::Other(e) => e,
+        }
+    }
+}
+
 /// Streams `artifact` from `target`; any mismatch with the manifest is an [`IntegrityError`].
 ///
 /// With an identity, `consume` reads the plaintext (whatever it leaves unread is drained and
@@ -79,7 +105,7 @@ pub async fn fetch<T, C>(
     identity: Option<age::x25519::Identity>,
     etcd_trailer: bool,
     consume: C,
-) -> anyhow::Result<Fetched<T>>
+) -> Result<Fetched<T>, FetchError>
 where
     T: Send + 'static,
     C: FnOnce(&mut dyn Read) -> io::Result<T> + Send + 'static,
@@ -88,9 +114,13 @@ where
     let (_, stream) = match target.read_stream(&key).await {
         Ok(found) => found,
         Err(e) if e.kind == StoreErrorKind::NotFound => {
-            return Err(IntegrityError(format!("{} is missing from {}", key, target.url())).into());
+            return Err(FetchError::Stored(IntegrityError(format!(
+                "{} is missing from {}",
+                key,
+                target.url()
+            ))));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::from(e).into()),
     };
     let reader = SyncIoBridge::new(StreamReader::new(stream.map_err(io::Error::other)));
     let expected = artifact.clone();
@@ -99,52 +129,49 @@ where
             inner: reader,
             hasher: Hasher::default(),
         });
+        let check_stored = |stored: &mut FlaggingReader<HashingReader<_>>| {
+            drain(stored, &key)?;
+            let digest = std::mem::take(&mut stored.inner.hasher).finish();
+            compare(
+                &key,
+                "stored",
+                &expected.stored,
+                digest.map_err(anyhow::Error::from)?,
+            )
+            .map_err(FetchError::Stored)
+        };
         let contents = match identity {
             Some(identity) => {
                 let decoded = decode(&mut stored, &identity, etcd_trailer, consume);
                 if let Some(e) = stored.failed.take() {
-                    return Err(anyhow::Error::new(e).context(format!("reading {key}")));
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("reading {key}"))
+                        .into());
                 }
+                // A truncated or altered object usually fails decryption first;
+                // the stored digest says which it was.
+                check_stored(&mut stored)?;
                 match decoded {
                     Ok((contents, plaintext)) => {
-                        drain(&mut stored, &key)?;
-                        compare(
-                            &key,
-                            "stored",
-                            &expected.stored,
-                            stored.inner.hasher.finish()?,
-                        )?;
-                        compare(&key, "plaintext", &expected.plaintext, plaintext)?;
+                        compare(&key, "plaintext", &expected.plaintext, plaintext)
+                            .map_err(anyhow::Error::from)?;
                         Some(contents)
                     }
-                    Err(e) => {
-                        // A truncated or altered object usually fails decryption first;
-                        // the stored digest says which it was.
-                        drain(&mut stored, &key)?;
-                        compare(
-                            &key,
-                            "stored",
-                            &expected.stored,
-                            stored.inner.hasher.finish()?,
-                        )?;
-                        return Err(e);
+                    Err(e) if crate::error::exit_kind(&e) == crate::error::ExitKind::Integrity => {
+                        return Err(e.context(format!("checking the contents of {key}")).into());
                     }
+                    Err(e) => return Err(e.into()),
                 }
             }
             None => {
-                drain(&mut stored, &key)?;
-                compare(
-                    &key,
-                    "stored",
-                    &expected.stored,
-                    stored.inner.hasher.finish()?,
-                )?;
+                check_stored(&mut stored)?;
                 None
             }
         };
         Ok(Fetched { contents })
     })
-    .await?
+    .await
+    .map_err(|e| FetchError::Other(e.into()))?
 }
 
 /// Remembers a read error, so that errors of the reader are kept apart from the consumer's

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use digest::{Hasher, HashingWriter};
-pub use fetch::{Identities, fetch};
+pub use fetch::{FetchError, Identities, fetch};
 
 use crate::config::{Compression, Recipients};
 use crate::error::IntegrityError;

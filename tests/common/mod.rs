@@ -468,10 +468,7 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> H
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size_str = String::from_utf8_lossy(&b[..eol]);
         let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("0").trim(), 16)
             .unwrap_or(0);
