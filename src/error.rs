@@ -63,11 +63,26 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
     ExitKind::Runtime
 }
 
-/// One line of an error from a server: object_store's text includes whole response bodies.
+/// One line of an error from a server: object_store's text includes whole response bodies
+/// (starting on the first line: `... 404 Not Found: <?xml ...`) and request URLs, whose
+/// query can carry credentials (an Azure SAS token), so bodies and queries are cut.
 pub fn one_line(err: &dyn fmt::Display) -> String {
     const MAX: usize = 300;
     let text = err.to_string();
-    let line = text.lines().next().unwrap_or_default().trim();
+    let mut line = text.lines().next().unwrap_or_default().trim();
+    if let Some(body) = [": <", ": {"].iter().filter_map(|m| line.find(m)).min() {
+        line = line[..body].trim_end();
+    }
+    let line = line
+        .split(' ')
+        .map(|word| match word.find('?') {
+            Some(q) if word.starts_with("http://") || word.starts_with("https://") => {
+                format!("{}?…", &word[..q])
+            }
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     if line.chars().count() > MAX {
         format!("{}…", line.chars().take(MAX).collect::<String>())
     } else {
@@ -98,5 +113,10 @@ mod tests {
         let line = one_line(&long);
         assert!(!line.contains("xml"));
         assert!(line.chars().count() <= 301);
+        let s3 = "Error performing GET http://127.0.0.1:9/b?list-type=2&sig=SECRET in 5ms - Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>";
+        assert_eq!(
+            one_line(&s3),
+            "Error performing GET http://127.0.0.1:9/b?… in 5ms - Server returned non-2xx status code: 404 Not Found"
+        );
     }
 }

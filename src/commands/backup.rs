@@ -322,7 +322,10 @@ async fn ship_etcd_snapshot(
 }
 
 /// The first endpoint from `start` on that answers a status request.
-pub(super) async fn first_healthy(etcd: &EtcdSource, start: usize) -> anyhow::Result<(usize, EtcdMember)> {
+pub(super) async fn first_healthy(
+    etcd: &EtcdSource,
+    start: usize,
+) -> anyhow::Result<(usize, EtcdMember)> {
     let mut failures = Vec::new();
     for (i, endpoint) in etcd.endpoints.iter().enumerate().skip(start) {
         match EtcdMember::connect(etcd, endpoint).await {

@@ -1,44 +1,149 @@
 //! `prune`: apply retention pair-safely (manifest first), then collect old leftovers.
+//!
+//! A backup is its snapshot-target manifest plus the objects beside it: the snapshot,
+//! and the keys archive with its manifest copy (in the static resources target when that
+//! differs). Deleting one removes the snapshot target's manifest first, so from that
+//! moment it is no longer listed; the snapshot side's other objects follow, then the
+//! static side's (manifest copy first). An interrupted prune therefore leaves only
+//! directories without a manifest, which readers ignore and a later prune collects.
+//!
+//! Directories without a snapshot-side manifest (interrupted backups, interrupted prunes)
+//! never count towards retention. They are removed, on both targets, once nothing in
+//! them (on either side) has changed for `retention.incomplete_grace` (default 24 h).
+//! Directories whose manifest exists but cannot be used are reported and never removed.
+//!
+//! A delete the store refuses (permissions, object lock, retention, immutability) is
+//! reported as `denied` with the store's message (which carries the retain-until date
+//! when the store gives one), the rest of that backup is left alone, prune goes on with
+//! the other backups, and the command exits 1.
+//!
+//! # JSON output (`prune --json`)
+//!
+//! One object, stable in shape (new fields may be added, none removed or renamed):
+//!
+//! ```json
+//! {
+//!   "dry_run": false,
+//!   "decisions": [
+//!     {
+//!       "id": "20261123T104649Z",
+//!       "created_at": "2026-11-23T10:46:49Z",
+//!       "size": 123456,
+//!       "verdict": { "keep": ["last", "newest"] },
+//!       "action": "kept",
+//!       "reasons": ["keep_last", "newest backup is always kept"],
+//!       "error": null
+//!     },
+//!     {
+//!       "id": "20261122T104649Z", "created_at": "2026-11-22T10:46:49Z", "size": 120000,
+//!       "verdict": { "delete": "no_rule_matched" },
+//!       "action": "failed",
+//!       "reasons": ["no rule matched"],
+//!       "error": { "id": "20261122T104649Z", "key": "s3://bucket/etcd/prod/20261122T104649Z/manifest.json",
+//!                  "kind": "denied", "reason": "…", "backup_left_whole": true }
+//!     }
+//!   ],
+//!   "leftovers": [
+//!     { "id": "20261121T030000Z", "targets": ["file:///mnt/nfs/etcd"], "objects": 2,
+//!       "last_activity": "2026-11-21T03:04:00Z", "action": "removed",
+//!       "reason": "no manifest, untouched for longer than incomplete_grace (1day)", "error": null }
+//!   ],
+//!   "failures": [ /* every refused or failed delete, as in "error" above */ ]
+//! }
+//! ```
+//!
+//! - `decisions`: every complete backup, newest first, as [`crate::retention::decide`]
+//!   decided. `verdict` is `{"keep": [KeepReason…]}` or `{"delete": DeleteReason}` in
+//!   snake_case (`{"delete": {"max_count": {"limit": 30}}}` for the caps); `reasons` is
+//!   the same in words. `action` is `kept`, `deleted`, `would_delete` (`--dry-run`) or
+//!   `failed` (then `error` says why).
+//! - `leftovers`: every backup directory that is not a complete backup. `action` is
+//!   `removed`, `would_remove` (`--dry-run`), `waiting` (inside the grace period),
+//!   `kept` (a manifest is there but unusable: left for a human) or `failed`.
+//! - `error.kind` is `denied` (permissions, object lock, retention, immutability) or
+//!   `failed`; `backup_left_whole` is false when the manifest was already deleted, so what
+//!   is left is a leftover that the next prune removes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::anyhow;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Targets;
 use crate::cli::PruneArgs;
 use crate::config::Config;
-use crate::retention::{BackupSummary, Decision, RetentionPolicy, decide};
-use crate::store::catalog::{BackupEntry, list_backups};
-use crate::store::layout::MANIFEST_OBJECT;
-use crate::store::{StoreError, StoreErrorKind, Target};
+use crate::retention::{BackupSummary, Decision, RetentionPolicy, Verdict, decide};
+use crate::store::catalog::list_backups;
+use crate::store::layout::{MANIFEST_OBJECT, id_time};
+use crate::store::{StoreError, StoreErrorKind, StoredObject, Target};
 
-/// What prune did (or would do).
+/// What prune did (or would do). Serialized as documented in the module docs.
 #[derive(Debug, Serialize)]
 pub struct PruneReport {
     pub dry_run: bool,
-    pub decisions: Vec<Decision>,
-    /// Directories without a manifest older than the grace period, removed.
+    /// Every complete backup, newest first, with its verdict and what was done.
+    pub decisions: Vec<Outcome>,
+    /// Backup directories that are not complete backups, and what was done with them.
     pub leftovers: Vec<Leftover>,
-    /// Deletions the store refused; those backups are left whole.
+    /// Every delete that failed; the backups they belong to are left as described.
     pub failures: Vec<DeleteFailure>,
 }
 
+/// One complete backup: the retention decision and what prune did about it.
 #[derive(Debug, Serialize)]
-pub struct Leftover {
-    pub target: String,
-    pub id: String,
-    pub objects: usize,
+pub struct Outcome {
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub action: Action,
+    /// The verdict's reasons in words.
+    pub reasons: Vec<String>,
+    pub error: Option<DeleteFailure>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Kept,
+    Deleted,
+    WouldDelete,
+    Failed,
+}
+
+/// A backup directory without a usable snapshot-side manifest.
 #[derive(Debug, Serialize)]
+pub struct Leftover {
+    pub id: String,
+    /// The targets holding objects of this directory.
+    pub targets: Vec<String>,
+    pub objects: usize,
+    /// Newest modification of any of its objects, on any target.
+    pub last_activity: DateTime<Utc>,
+    pub action: LeftoverAction,
+    pub reason: String,
+    pub error: Option<DeleteFailure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverAction {
+    Removed,
+    WouldRemove,
+    Waiting,
+    Kept,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct DeleteFailure {
     pub id: String,
+    /// The object whose delete failed (target URL without credentials, plus key).
     pub key: String,
-    /// `denied` (permissions, object lock or retention) or `failed`.
+    /// `denied` (permissions, object lock, retention, immutability) or `failed`.
     pub kind: &'static str,
     pub reason: String,
+    /// True when nothing of the backup was deleted; false when its manifest already was.
+    pub backup_left_whole: bool,
 }
 
 pub async fn run(config: &Config, args: &PruneArgs) -> anyhow::Result<()> {
@@ -53,51 +158,106 @@ pub async fn run(config: &Config, args: &PruneArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report, &policy);
     }
     if report.failures.is_empty() {
         Ok(())
     } else {
         Err(anyhow!(
-            "{} object(s) could not be deleted; those backups were left whole (see above)",
-            report.failures.len()
+            "{} delete(s) failed: {}",
+            report.failures.len(),
+            report
+                .failures
+                .iter()
+                .map(|f| format!("backup {}: {} ({})", f.id, f.kind, f.key))
+                .collect::<Vec<_>>()
+                .join("; ")
         ))
     }
 }
 
-fn print_report(report: &PruneReport) {
-    let verb = if report.dry_run {
-        "would delete"
-    } else {
-        "delete"
-    };
+fn print_report(report: &PruneReport, policy: &RetentionPolicy) {
     for d in &report.decisions {
-        match &d.verdict {
-            crate::retention::Verdict::Keep(reasons) => {
-                let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
-                println!("keep          {}  {}", d.id, reasons.join(", "));
-            }
-            crate::retention::Verdict::Delete(reason) => {
-                println!("{verb:<13} {}  {reason}", d.id);
-            }
+        let label = match d.action {
+            Action::Kept => "keep",
+            Action::Deleted => "deleted",
+            Action::WouldDelete => "would delete",
+            Action::Failed => "NOT deleted",
+        };
+        let mut line = format!("{label:<13} {:<20} {}", d.decision.id, d.reasons.join(", "));
+        if let Some(e) = &d.error {
+            line.push_str(&format!("; {}", failure_text(e)));
         }
+        println!("{line}");
     }
     for l in &report.leftovers {
-        println!(
-            "{:<13} {}  incomplete leftover ({} objects in {})",
-            if report.dry_run {
-                "would remove"
-            } else {
-                "removed"
-            },
+        let label = match l.action {
+            LeftoverAction::Removed => "removed",
+            LeftoverAction::WouldRemove => "would remove",
+            LeftoverAction::Waiting => "incomplete",
+            LeftoverAction::Kept => "unusable",
+            LeftoverAction::Failed => "NOT removed",
+        };
+        let mut line = format!(
+            "{label:<13} {:<20} {} ({} object(s) in {})",
             l.id,
+            l.reason,
             l.objects,
-            l.target
+            l.targets.join(" and ")
         );
+        if let Some(e) = &l.error {
+            line.push_str(&format!("; {}: {}", e.kind, e.reason));
+        }
+        println!("{line}");
     }
-    for f in &report.failures {
-        println!("FAILED        {}  {} {}: {}", f.id, f.kind, f.key, f.reason);
+    let count = |a: Action| report.decisions.iter().filter(|d| d.action == a).count();
+    let removed = report
+        .leftovers
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.action,
+                LeftoverAction::Removed | LeftoverAction::WouldRemove
+            )
+        })
+        .count();
+    let (deleted, removed_word) = if report.dry_run {
+        (
+            format!("{} would be deleted", count(Action::WouldDelete)),
+            "would be removed",
+        )
+    } else {
+        (format!("{} deleted", count(Action::Deleted)), "removed")
+    };
+    println!(
+        "{} kept, {deleted}, {} failed; {removed} incomplete {removed_word} (incomplete_grace {})",
+        count(Action::Kept),
+        count(Action::Failed),
+        humantime::format_duration(policy.incomplete_grace())
+    );
+}
+
+fn failure_text(f: &DeleteFailure) -> String {
+    let consequence = if f.backup_left_whole {
+        "the backup is left whole"
+    } else {
+        "its manifest is gone; a later prune removes the rest"
+    };
+    format!("{}: {}; {consequence}", f.kind, f.reason)
+}
+
+/// Objects below `<cluster>/<id>/` grouped by id (names that are not ids are skipped).
+fn group_by_id(objects: Vec<StoredObject>) -> BTreeMap<String, Vec<StoredObject>> {
+    let mut by_id: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
+    for object in objects {
+        let mut parts = object.key.splitn(3, '/');
+        if let (Some(_cluster), Some(id), Some(_name)) = (parts.next(), parts.next(), parts.next())
+            && id_time(id).is_some()
+        {
+            by_id.entry(id.to_string()).or_default().push(object);
+        }
     }
+    by_id
 }
 
 /// Decides with the retention function and deletes what it says, unless `dry_run`.
@@ -108,7 +268,18 @@ pub async fn apply(
     dry_run: bool,
 ) -> anyhow::Result<PruneReport> {
     let now = Utc::now();
-    let entries = list_backups(&targets.snapshot, &config.cluster).await?;
+    let cluster = config.cluster.as_str();
+    let entries = list_backups(&targets.snapshot, cluster).await?;
+    let split = targets.static_resources.url() != targets.snapshot.url();
+    let static_dirs = if split {
+        group_by_id(targets.static_resources.list(cluster).await?)
+    } else {
+        BTreeMap::new()
+    };
+    let no_objects: &[StoredObject] = &[];
+    let static_objects =
+        |id: &str| -> &[StoredObject] { static_dirs.get(id).map_or(no_objects, Vec::as_slice) };
+
     let summaries: Vec<BackupSummary> = entries
         .iter()
         .filter_map(|e| {
@@ -119,53 +290,128 @@ pub async fn apply(
             })
         })
         .collect();
-    let decisions = decide(&summaries, policy, now);
     let mut failures = Vec::new();
-    if !dry_run {
-        for decision in decisions.iter().filter(|d| !d.keep()) {
+    let mut decisions = Vec::new();
+    for decision in decide(&summaries, policy, now) {
+        let reasons = match &decision.verdict {
+            Verdict::Keep(reasons) => reasons.iter().map(ToString::to_string).collect(),
+            Verdict::Delete(reason) => vec![reason.to_string()],
+        };
+        let (action, error) = if decision.keep() {
+            (Action::Kept, None)
+        } else if dry_run {
+            (Action::WouldDelete, None)
+        } else {
             let entry = entries
                 .iter()
                 .find(|e| e.id == decision.id)
                 .expect("decisions are made about listed entries");
-            if let Err(failure) = delete_backup(targets, &config.cluster, entry).await {
-                tracing::warn!(id = %entry.id, reason = %failure.reason, "backup not deleted");
-                failures.push(failure);
-            } else {
-                tracing::info!(id = %entry.id, "backup deleted");
+            let sides = [
+                (&targets.snapshot, entry.objects.as_slice()),
+                (&targets.static_resources, static_objects(&entry.id)),
+            ];
+            match delete_dir(&entry.id, &sides).await {
+                Ok(()) => {
+                    tracing::info!(id = %entry.id, reasons = %reasons.join(", "), "backup deleted");
+                    (Action::Deleted, None)
+                }
+                Err(failure) => {
+                    tracing::warn!(id = %entry.id, kind = failure.kind, reason = %failure.reason, "backup not deleted");
+                    failures.push(failure.clone());
+                    (Action::Failed, Some(failure))
+                }
             }
-        }
+        };
+        decisions.push(Outcome {
+            decision,
+            action,
+            reasons,
+            error,
+        });
     }
 
-    // Leftovers: directories without a (snapshot-side) manifest, quiet for the grace period.
-    let grace =
-        chrono::TimeDelta::from_std(policy.incomplete_grace()).unwrap_or(chrono::TimeDelta::MAX);
-    let complete: BTreeSet<&str> = summaries.iter().map(|s| s.id.as_str()).collect();
+    // Everything that is not a complete backup. A directory whose snapshot-side manifest
+    // exists but is unusable is never removed: it may be a backup someone needs.
+    let grace = policy.incomplete_grace();
+    let grace_delta = chrono::TimeDelta::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
+    let grace_text = humantime::format_duration(grace);
+    let has_manifest: BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e.manifest.is_some() || e.problem.is_some())
+        .map(|e| e.id.as_str())
+        .collect();
+    let mut leftover_ids: BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e.manifest.is_none())
+        .map(|e| e.id.as_str())
+        .collect();
+    leftover_ids.extend(
+        static_dirs
+            .keys()
+            .map(String::as_str)
+            .filter(|id| !has_manifest.contains(id)),
+    );
     let mut leftovers = Vec::new();
-    let mut scan = vec![(&targets.snapshot, entries.clone())];
-    if targets.static_resources.url() != targets.snapshot.url() {
-        scan.push((
-            &targets.static_resources,
-            list_backups(&targets.static_resources, &config.cluster).await?,
-        ));
-    }
-    for (target, listed) in scan {
-        for entry in listed {
-            let abandoned = !complete.contains(entry.id.as_str())
-                && entry.problem.is_none()
-                && now - entry.last_activity() > grace;
-            if !abandoned {
-                continue;
-            }
-            if !dry_run && let Err(failure) = delete_objects(target, &entry).await {
-                failures.push(failure);
-                continue;
-            }
-            leftovers.push(Leftover {
-                target: target.url().to_string(),
-                id: entry.id.clone(),
-                objects: entry.objects.len(),
-            });
+    // Newest first, like everything else prune prints.
+    for id in leftover_ids.into_iter().rev() {
+        let entry = entries.iter().find(|e| e.id == id);
+        let snapshot_objects = entry.map_or(no_objects, |e| e.objects.as_slice());
+        let sides = [
+            (&targets.snapshot, snapshot_objects),
+            (&targets.static_resources, static_objects(id)),
+        ];
+        let sides: Vec<(&Target, &[StoredObject])> = sides
+            .into_iter()
+            .filter(|(_, objects)| !objects.is_empty())
+            .collect();
+        let last_activity = entry
+            .map(|e| e.last_activity())
+            .into_iter()
+            .chain(static_objects(id).iter().map(|o| o.last_modified))
+            .max()
+            .or_else(|| id_time(id))
+            .unwrap_or_default();
+        let mut leftover = Leftover {
+            id: id.to_string(),
+            targets: sides.iter().map(|(t, _)| t.url().to_string()).collect(),
+            objects: sides.iter().map(|(_, objects)| objects.len()).sum(),
+            last_activity,
+            action: LeftoverAction::Waiting,
+            reason: String::new(),
+            error: None,
+        };
+        if let Some(problem) = entry.and_then(|e| e.problem.as_ref()) {
+            leftover.action = LeftoverAction::Kept;
+            leftover.reason = format!("not a usable backup ({problem}); never removed by prune");
+        } else if now - last_activity <= grace_delta {
+            let until = last_activity.checked_add_signed(grace_delta).map_or_else(
+                || "never".to_string(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            leftover.reason = format!(
+                "no manifest (a backup in progress or interrupted), left alone until {until} (incomplete_grace {grace_text})"
+            );
+        } else {
+            leftover.reason =
+                format!("no manifest, untouched for longer than incomplete_grace ({grace_text})");
+            leftover.action = if dry_run {
+                LeftoverAction::WouldRemove
+            } else {
+                match delete_dir(id, &sides).await {
+                    Ok(()) => {
+                        tracing::info!(%id, "incomplete backup directory removed");
+                        LeftoverAction::Removed
+                    }
+                    Err(failure) => {
+                        tracing::warn!(%id, kind = failure.kind, reason = %failure.reason, "incomplete backup directory not removed");
+                        failures.push(failure.clone());
+                        leftover.error = Some(failure);
+                        LeftoverAction::Failed
+                    }
+                }
+            };
         }
+        leftovers.push(leftover);
     }
     Ok(PruneReport {
         dry_run,
@@ -175,7 +421,30 @@ pub async fn apply(
     })
 }
 
-fn failure(id: &str, err: StoreError) -> DeleteFailure {
+fn is_manifest(key: &str) -> bool {
+    key.rsplit('/').next() == Some(MANIFEST_OBJECT)
+}
+
+/// Deletes one backup directory on each side in order, each side's manifest first, and
+/// stops at the first failure. For a complete backup the first object is the snapshot
+/// target's manifest (the commit point), so a refused first delete leaves it whole and a
+/// later failure leaves only manifest-less leftovers.
+async fn delete_dir(id: &str, sides: &[(&Target, &[StoredObject])]) -> Result<(), DeleteFailure> {
+    let mut deleted_any = false;
+    for (target, objects) in sides {
+        let mut keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+        keys.sort_by_key(|k| !is_manifest(k));
+        for key in keys {
+            if let Err(err) = target.delete(key).await {
+                return Err(failure(id, err, !deleted_any));
+            }
+            deleted_any = true;
+        }
+    }
+    Ok(())
+}
+
+fn failure(id: &str, err: StoreError, backup_left_whole: bool) -> DeleteFailure {
     DeleteFailure {
         id: id.to_string(),
         kind: if err.kind == StoreErrorKind::Denied {
@@ -185,49 +454,6 @@ fn failure(id: &str, err: StoreError) -> DeleteFailure {
         },
         key: err.location.clone(),
         reason: err.reason,
+        backup_left_whole,
     }
-}
-
-/// The snapshot manifest first (the backup stops existing), then every other object of the pair.
-async fn delete_backup(
-    targets: &Targets,
-    cluster: &str,
-    entry: &BackupEntry,
-) -> Result<(), DeleteFailure> {
-    let manifest_key = format!("{cluster}/{}/{MANIFEST_OBJECT}", entry.id);
-    targets
-        .snapshot
-        .delete(&manifest_key)
-        .await
-        .map_err(|e| failure(&entry.id, e))?;
-    delete_objects(&targets.snapshot, entry).await?;
-    if targets.static_resources.url() != targets.snapshot.url() {
-        let dir = format!("{cluster}/{}", entry.id);
-        let objects = targets
-            .static_resources
-            .list(&dir)
-            .await
-            .map_err(|e| failure(&entry.id, e))?;
-        for object in objects {
-            targets
-                .static_resources
-                .delete(&object.key)
-                .await
-                .map_err(|e| failure(&entry.id, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Every listed object of a backup directory in one target, manifest first.
-async fn delete_objects(target: &Target, entry: &BackupEntry) -> Result<(), DeleteFailure> {
-    let mut keys: Vec<&str> = entry.objects.iter().map(|o| o.key.as_str()).collect();
-    keys.sort_by_key(|k| !k.ends_with(MANIFEST_OBJECT));
-    for key in keys {
-        target
-            .delete(key)
-            .await
-            .map_err(|e| failure(&entry.id, e))?;
-    }
-    Ok(())
 }

@@ -204,6 +204,7 @@ impl Target {
             | object_store::Error::Precondition { .. } => StoreErrorKind::AlreadyExists,
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => StoreErrorKind::Denied,
+            other if refused_in_detail(other) => StoreErrorKind::Denied,
             _ => StoreErrorKind::Other,
         };
         StoreError {
@@ -283,12 +284,17 @@ impl Target {
             .await
     }
 
-    /// Deletes an object; one that is already gone is not an error.
+    /// Deletes an object; one that is already gone is not an error. A conflict (HTTP 409:
+    /// an Azure blob under an immutability policy or a lease) is a refusal, [`StoreErrorKind::Denied`].
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) => Ok(()),
             Err(e) => match self.error("delete", key, &e) {
                 err if err.kind == StoreErrorKind::NotFound => Ok(()),
+                mut err if err.kind == StoreErrorKind::AlreadyExists => {
+                    err.kind = StoreErrorKind::Denied;
+                    Err(err)
+                }
                 err => Err(err),
             },
         }
@@ -308,6 +314,25 @@ impl Target {
     pub fn upload_error(&self, key: &str, err: &object_store::Error) -> StoreError {
         self.error("upload", key, err)
     }
+}
+
+/// Refusals that object_store reports as generic errors: on file:// targets an io::Error
+/// EACCES/EPERM/EROFS (an immutable file, a read-only export) as the source; on S3 a key
+/// of a bulk DeleteObjects answered with code AccessDenied (IAM deny, object lock), which
+/// object_store only exposes in its message.
+fn refused_in_detail(err: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            );
+        }
+        source = e.source();
+    }
+    matches!(err, object_store::Error::Generic { store: "S3", .. })
+        && err.to_string().contains("(code: AccessDenied)")
 }
 
 #[cfg(test)]
