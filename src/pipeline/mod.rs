@@ -86,7 +86,12 @@ where
     let outcome = match (pumped, encoded) {
         (Err(e), _) => Err(ShipError::Store(target.upload_error(key, &e))),
         (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(done)) => Ok(done),
+        // Parts still in flight are awaited here: when one has failed, `finish()` would
+        // abort and report the abort's error (a dead store fails that too) instead of the part's.
+        (Ok(()), Ok(done)) => match upload.wait_for_capacity(0).await {
+            Ok(()) => Ok(done),
+            Err(e) => Err(ShipError::Store(target.upload_error(key, &e))),
+        },
     };
     let (plaintext, stored, produced) = match outcome {
         Ok(done) => done,
