@@ -955,3 +955,42 @@ fn s3_access_denied_on_delete_leaves_that_backup_whole() {
         vec![ids[2].clone(), locked_id.clone()]
     );
 }
+
+/// object_store's local store stages uploads as `<name>#<n>` and never lists them: a run
+/// killed mid-upload would leak them on the NFS share forever without this sweep.
+#[test]
+fn staging_files_of_killed_runs_are_swept_after_the_grace_period() {
+    let etcd = tiny_etcd();
+    let fx = Fixture::new();
+    let (dir, config) = fx.dir_config(&etcd, "retention: { keep_last: 2, incomplete_grace: 1h }\n");
+    run_ok(fx.cmd(&config).args(["backup", "--no-prune"]));
+    let killed = dir.join("test/20200101T000000Z");
+    std::fs::create_dir_all(&killed).unwrap();
+    let old = killed.join("snapshot.db.zst.age#3");
+    let fresh = killed.join("static_kuberesources.tar.zst.age#4");
+    std::fs::write(&old, vec![0u8; 4096]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 4096]).unwrap();
+    run_ok(Command::new("touch").args(["-d", "2 hours ago"]).arg(&old));
+    let out = run_ok(fx.cmd(&config).arg("prune"));
+    assert!(
+        !old.exists(),
+        "an unfinished upload older than the grace period is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a recent one may belong to a running backup"
+    );
+    assert!(
+        stdout_str(&out).contains("test/20200101T000000Z/snapshot.db.zst.age#3"),
+        "{}",
+        describe_output(&out)
+    );
+    // Dry runs touch nothing.
+    run_ok(
+        Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(&fresh),
+    );
+    run_ok(fx.cmd(&config).args(["prune", "--dry-run"]));
+    assert!(fresh.exists());
+}

@@ -88,6 +88,8 @@ pub struct PruneReport {
     pub leftovers: Vec<Leftover>,
     /// Every delete that failed; the backups they belong to are left as described.
     pub failures: Vec<DeleteFailure>,
+    /// Unfinished uploads of killed runs (file:// staging files) older than the grace period, removed.
+    pub stale_uploads: Vec<String>,
 }
 
 /// One complete backup: the retention decision and what prune did about it.
@@ -209,6 +211,12 @@ fn print_report(report: &PruneReport, policy: &RetentionPolicy) {
             line.push_str(&format!("; {}: {}", e.kind, e.reason));
         }
         println!("{line}");
+    }
+    for key in &report.stale_uploads {
+        println!(
+            "{:<13} {key} (unfinished upload of a killed run)",
+            "removed"
+        );
     }
     let count = |a: Action| report.decisions.iter().filter(|d| d.action == a).count();
     let removed = report
@@ -413,11 +421,27 @@ pub async fn apply(
         }
         leftovers.push(leftover);
     }
+    let mut stale_uploads = Vec::new();
+    if !dry_run {
+        let before = now - grace_delta;
+        let mut sweep = vec![&targets.snapshot];
+        if split {
+            sweep.push(&targets.static_resources);
+        }
+        for target in sweep {
+            let removed = target.remove_stale_uploads(cluster, before)?;
+            for key in &removed {
+                tracing::info!(%key, "removed an unfinished upload of a killed run");
+            }
+            stale_uploads.extend(removed);
+        }
+    }
     Ok(PruneReport {
         dry_run,
         decisions,
         leftovers,
         failures,
+        stale_uploads,
     })
 }
 

@@ -9,71 +9,57 @@ use crate::manifest::Digest;
 
 const TRAILER_LEN: usize = 32;
 
-/// Checks an etcd snapshot stream: the last 32 bytes are the SHA-256 of everything before.
-#[derive(Default)]
-pub struct TrailerCheck {
-    sha: Sha256,
-    /// The last bytes seen so far (at most 32), not yet known to be body.
-    tail: Vec<u8>,
-}
-
-impl TrailerCheck {
-    pub fn update(&mut self, data: &[u8]) {
-        let excess = (self.tail.len() + data.len()).saturating_sub(TRAILER_LEN);
-        // Bytes that can no longer be part of the trailer are body: hash them.
-        let from_tail = excess.min(self.tail.len());
-        self.sha.update(&self.tail[..from_tail]);
-        self.tail.drain(..from_tail);
-        let from_data = excess - from_tail;
-        self.sha.update(&data[..from_data]);
-        self.tail.extend_from_slice(&data[from_data..]);
-    }
-
-    pub fn finish(self) -> Result<(), IntegrityError> {
-        if self.tail.len() < TRAILER_LEN {
-            return Err(IntegrityError(
-                "the etcd snapshot is shorter than its 32-byte hash trailer".into(),
-            ));
-        }
-        let body: [u8; 32] = self.sha.finalize().into();
-        if body[..] != self.tail[..] {
-            return Err(IntegrityError(format!(
-                "the etcd snapshot hash trailer does not match its contents (trailer {}, computed {}): the snapshot is corrupt or truncated",
-                hex::encode(&self.tail),
-                hex::encode(body)
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// SHA-256 and size of a byte stream, optionally with the etcd trailer check.
+/// SHA-256 and size of a byte stream; for an etcd snapshot also the check of its trailer
+/// (the last 32 bytes are the SHA-256 of everything before), with one pass of hashing.
 #[derive(Default)]
 pub struct Hasher {
     sha: Sha256,
     size: u64,
-    trailer: Option<TrailerCheck>,
+    /// With the trailer check: the last bytes seen (at most 32), not yet known to be body
+    /// and so not yet hashed.
+    held_back: Option<Vec<u8>>,
 }
 
 impl Hasher {
     pub fn new(etcd_trailer: bool) -> Self {
         Self {
-            trailer: etcd_trailer.then(TrailerCheck::default),
+            held_back: etcd_trailer.then(|| Vec::with_capacity(TRAILER_LEN)),
             ..Self::default()
         }
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        self.sha.update(data);
         self.size += data.len() as u64;
-        if let Some(trailer) = &mut self.trailer {
-            trailer.update(data);
-        }
+        let Some(tail) = &mut self.held_back else {
+            self.sha.update(data);
+            return;
+        };
+        // Bytes that can no longer be part of the trailer are body: hash them.
+        let excess = (tail.len() + data.len()).saturating_sub(TRAILER_LEN);
+        let from_tail = excess.min(tail.len());
+        self.sha.update(&tail[..from_tail]);
+        tail.drain(..from_tail);
+        let from_data = excess - from_tail;
+        self.sha.update(&data[..from_data]);
+        tail.extend_from_slice(&data[from_data..]);
     }
 
-    pub fn finish(self) -> Result<Digest, IntegrityError> {
-        if let Some(trailer) = self.trailer {
-            trailer.finish()?;
+    pub fn finish(mut self) -> Result<Digest, IntegrityError> {
+        if let Some(tail) = self.held_back.take() {
+            if tail.len() < TRAILER_LEN {
+                return Err(IntegrityError(
+                    "the etcd snapshot is shorter than its 32-byte hash trailer".into(),
+                ));
+            }
+            let body: [u8; 32] = self.sha.clone().finalize().into();
+            if body[..] != tail[..] {
+                return Err(IntegrityError(format!(
+                    "the etcd snapshot hash trailer does not match its contents (trailer {}, computed {}): the snapshot is corrupt or truncated",
+                    hex::encode(&tail),
+                    hex::encode(body)
+                )));
+            }
+            self.sha.update(&tail);
         }
         Ok(Digest {
             size: self.size,
@@ -127,11 +113,14 @@ mod tests {
     }
 
     fn check_in_pieces(data: &[u8], piece: usize) -> Result<(), IntegrityError> {
-        let mut check = TrailerCheck::default();
+        let mut check = Hasher::new(true);
         for chunk in data.chunks(piece) {
             check.update(chunk);
         }
-        check.finish()
+        let digest = check.finish()?;
+        assert_eq!(digest.size, data.len() as u64);
+        assert_eq!(digest.sha256[..], Sha256::digest(data)[..]);
+        Ok(())
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::store::{self, StoreError, Target};
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// Chunks that may wait for the uploader.
 pub const CHANNEL_CHUNKS: usize = 4;
+/// Input per zstd worker job.
+const ZSTD_JOB_SIZE: u32 = 4 * 1024 * 1024;
 
 /// How an artifact is encoded.
 #[derive(Clone)]
@@ -167,6 +169,11 @@ fn zstd_writer<W: Write>(
         n => n,
     };
     encoder.multithread(threads)?;
+    if threads > 1 {
+        // zstd's default job at level 3 is 8 MiB per worker; 4 MiB halves that memory
+        // for about 1% in ratio.
+        encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+    }
     // A frame checksum lets plain `zstd -d` detect corruption too.
     encoder.include_checksum(true)?;
     Ok(encoder)
