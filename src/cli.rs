@@ -69,6 +69,10 @@ pub struct BackupArgs {
     /// Take the backup even when a guard would refuse it (cluster younger than 24 h).
     #[arg(long)]
     pub force: bool,
+    /// Skip (exit 4) when a backup started within this window, e.g. `30m`: the same
+    /// CronJob on every control-plane host then produces one backup.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub skip_if_newer_than: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

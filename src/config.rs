@@ -217,8 +217,18 @@ struct RawSchedule {
     upgrade_check: Option<Duration>,
 }
 
+/// What the configuration is loaded for: reading backups must work on any host with the
+/// config (a recovery bastion), where the source's certificates and directories are absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// backup, run, config check: source files are checked on this host.
+    TakeBackups,
+    /// list, verify, restore, prune: only the structure and the targets matter.
+    ReadBackups,
+}
+
 /// Loads and validates the configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub fn load(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
             "--config",
@@ -228,11 +238,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ),
         )
     })?;
-    parse(&text)
+    parse(&text, purpose)
 }
 
 /// Parses and validates configuration text (file paths inside are checked on disk).
-pub fn parse(text: &str) -> Result<Config, ConfigError> {
+pub fn parse(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = match e.path().to_string() {
@@ -241,10 +251,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         };
         ConfigError::new(key, e.into_inner().to_string())
     })?;
-    resolve(raw)
+    resolve(raw, purpose == Purpose::TakeBackups)
 }
 
-fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+/// Validates the raw config; `check_files` also checks the source's files on this host.
+fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
     if raw.version != 1 {
         return Err(ConfigError::new(
             "version",
@@ -257,9 +268,9 @@ fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
     validate_cluster(&raw.cluster)?;
 
     let source = match (raw.source.etcd, raw.source.backup_dir) {
-        (Some(etcd), None) => SnapshotSource::Etcd(validate_etcd(etcd)?),
+        (Some(etcd), None) => SnapshotSource::Etcd(validate_etcd(etcd, check_files)?),
         (None, Some(dir)) => {
-            if !dir.is_dir() {
+            if check_files && !dir.is_dir() {
                 return Err(ConfigError::new(
                     "source.backup_dir",
                     format!(
@@ -291,7 +302,7 @@ fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
                 "not used with `source.backup_dir`: the static resources come from the directory's static_kuberesources_*.tar.gz; remove this key",
             ));
         }
-        (_, Some(s)) => Some(validate_static(s)?),
+        (_, Some(s)) => Some(validate_static(s, check_files)?),
         (_, None) => None,
     };
     let has_static = static_resources.is_some() || matches!(source, SnapshotSource::BackupDir(_));
@@ -306,9 +317,14 @@ fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
-    let snapshot_recipients = resolve_recipients("encryption.snapshot", raw.encryption.snapshot)?;
+    let snapshot_recipients =
+        resolve_recipients("encryption.snapshot", raw.encryption.snapshot, check_files)?;
     let static_recipients = match (has_static, raw.encryption.static_resources) {
-        (true, Some(r)) => Some(resolve_recipients("encryption.static_resources", r)?),
+        (true, Some(r)) => Some(resolve_recipients(
+            "encryption.static_resources",
+            r,
+            check_files,
+        )?),
         (true, None) => {
             return Err(ConfigError::new(
                 "encryption.static_resources",
@@ -416,7 +432,7 @@ fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn validate_etcd(etcd: EtcdSource) -> Result<EtcdSource, ConfigError> {
+fn validate_etcd(etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, ConfigError> {
     if etcd.endpoints.is_empty() {
         return Err(ConfigError::new(
             "source.etcd.endpoints",
@@ -467,7 +483,7 @@ fn validate_etcd(etcd: EtcdSource) -> Result<EtcdSource, ConfigError> {
         ("cert", &etcd.cert),
         ("key", &etcd.key),
     ] {
-        if let Some(path) = path {
+        if let Some(path) = path.as_ref().filter(|_| check_files) {
             readable_file(&format!("source.etcd.{name}"), path)?;
         }
     }
@@ -503,7 +519,10 @@ fn readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
 
 const OPENSHIFT_BASE_DIR: &str = "/etc/kubernetes";
 
-fn validate_static(raw: RawStaticResources) -> Result<StaticResources, ConfigError> {
+fn validate_static(
+    raw: RawStaticResources,
+    check_files: bool,
+) -> Result<StaticResources, ConfigError> {
     let base_dir = raw
         .base_dir
         .unwrap_or_else(|| PathBuf::from(OPENSHIFT_BASE_DIR));
@@ -521,7 +540,7 @@ fn validate_static(raw: RawStaticResources) -> Result<StaticResources, ConfigErr
                         ),
                     ));
                 }
-                if !path.exists() {
+                if check_files && !path.exists() {
                     return Err(ConfigError::new(
                         key,
                         format!(
@@ -559,14 +578,19 @@ fn validate_static(raw: RawStaticResources) -> Result<StaticResources, ConfigErr
     })
 }
 
-fn resolve_recipients(key: &str, raw: RawRecipients) -> Result<Recipients, ConfigError> {
+fn resolve_recipients(
+    key: &str,
+    raw: RawRecipients,
+    check_files: bool,
+) -> Result<Recipients, ConfigError> {
     let mut texts: Vec<(String, String)> = raw
         .recipients
         .iter()
         .enumerate()
         .map(|(i, r)| (format!("{key}.recipients[{i}]"), r.trim().to_string()))
         .collect();
-    if let Some(file) = &raw.recipients_file {
+    // Only backups encrypt: a host that reads backups need not have the recipients file.
+    if let Some(file) = raw.recipients_file.as_ref().filter(|_| check_files) {
         let file_key = format!("{key}.recipients_file");
         let content = std::fs::read_to_string(file).map_err(|e| {
             ConfigError::new(&file_key, format!("cannot read {}: {e}", file.display()))
@@ -581,7 +605,7 @@ fn resolve_recipients(key: &str, raw: RawRecipients) -> Result<Recipients, Confi
             }
         }
     }
-    if texts.is_empty() {
+    if texts.is_empty() && (check_files || raw.recipients_file.is_none()) {
         return Err(ConfigError::new(
             format!("{key}.recipients"),
             "no recipients; add at least one age public key (age1…), made with `age-keygen`",
@@ -670,6 +694,15 @@ fn validate_target(key: &str, target: &TargetConfig) -> Result<(), ConfigError> 
 }
 
 fn validate_schedule(raw: RawSchedule) -> Result<Schedule, ConfigError> {
+    if raw
+        .upgrade_check
+        .is_some_and(|d| d < Duration::from_secs(1))
+    {
+        return Err(ConfigError::new(
+            "schedule.upgrade_check",
+            "must be at least 1s; 5m is a good interval",
+        ));
+    }
     let cron = croner::Cron::from_str(&raw.cron).map_err(|e| {
         ConfigError::new(
             "schedule.cron",
@@ -709,12 +742,14 @@ mod tests {
     }
 
     fn err_key(text: &str) -> String {
-        parse(text).expect_err("config should be rejected").key
+        parse(text, Purpose::TakeBackups)
+            .expect_err("config should be rejected")
+            .key
     }
 
     #[test]
     fn minimal_config_loads() {
-        let cfg = parse(&snapshot_only()).expect("valid");
+        let cfg = parse(&snapshot_only(), Purpose::TakeBackups).expect("valid");
         assert_eq!(cfg.cluster, "prod-east");
         assert_eq!(cfg.compression.level, 3);
         assert_eq!(cfg.targets.static_resources.url, cfg.targets.snapshot.url);
@@ -742,7 +777,7 @@ mod tests {
             ),
             "  snapshot:\n    url: file:///var/backups/etcd\n",
         );
-        let err = parse(&text).unwrap_err();
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
         assert_eq!(err.key, "encryption.static_resources.recipients");
         assert!(err.problem.contains("must differ"), "{err}");
     }
@@ -752,7 +787,7 @@ mod tests {
         let text = snapshot_only().replace(SNAP, "age1notakey");
         assert_eq!(err_key(&text), "encryption.snapshot.recipients[0]");
         let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
-        let err = parse(&snapshot_only().replace(SNAP, secret)).unwrap_err();
+        let err = parse(&snapshot_only().replace(SNAP, secret), Purpose::TakeBackups).unwrap_err();
         assert!(!err.to_string().contains(secret), "secret echoed: {err}");
     }
 
@@ -767,6 +802,17 @@ mod tests {
         assert_eq!(err_key(&text), "targets.snapshot.options.aws_regin");
         let text = snapshot_only().replace("  snapshot:\n    url", "  snapshots:\n    url");
         assert_eq!(err_key(&text), "targets.snapshots");
+    }
+
+    #[test]
+    fn reading_backups_needs_no_source_files() {
+        let text = snapshot_only().replace(
+            "    endpoints: [\"http://127.0.0.1:2379\"]",
+            "    endpoints: [\"https://127.0.0.1:2379\"]\n    cacert: /nonexistent/ca.crt",
+        );
+        assert_eq!(err_key(&text), "source.etcd.cacert");
+        let cfg = parse(&text, Purpose::ReadBackups).expect("a recovery host has no etcd certs");
+        assert_eq!(cfg.cluster, "prod-east");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Manifest {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub tool_version: String,
+    /// The host that took the backup.
+    #[serde(default)]
+    pub host: String,
     pub source: SourceInfo,
     pub platform_version: Option<String>,
     #[serde(default)]
@@ -36,6 +39,9 @@ pub enum SourceInfo {
         db_size: u64,
     },
     BackupDir {
+        /// `<ts>` of the pair as cluster-backup.sh named it.
+        #[serde(default)]
+        timestamp: String,
         snapshot_file: String,
         static_file: String,
     },
@@ -106,6 +112,14 @@ impl Manifest {
             ));
         }
         Ok(manifest)
+    }
+
+    /// `<ts>` of restored file names: the pair's own for cluster-backup.sh files, else the start time.
+    pub fn restore_timestamp(&self) -> String {
+        match &self.source {
+            SourceInfo::BackupDir { timestamp, .. } if !timestamp.is_empty() => timestamp.clone(),
+            _ => crate::store::layout::restore_timestamp(self.started_at),
+        }
     }
 
     /// Bytes stored for this backup across both targets.

@@ -495,15 +495,35 @@ fn conformance(b: &Backend) {
         std::slice::from_ref(&second),
         "{name}: no new complete backup: {listed:?}"
     );
-    // What the dead run left behind goes with the next prune after the grace period.
+    // What the dead run left behind goes with the next prune after the grace period, but
+    // not while its lock (which a cut-off store kept) says it may still be running.
     sleep(Duration::from_secs(2));
+    let lock_key = format!("{CLUSTER}/backup.lock");
+    let without_lock = || -> BTreeSet<String> {
+        (b.raw_keys)()
+            .into_iter()
+            .filter(|k| k != &lock_key)
+            .collect()
+    };
+    if (b.raw_keys)().contains(&lock_key) {
+        let out = run_ok(fx.cmd(&eager).arg("prune"));
+        assert!(
+            stdout_str(&out).contains("holds the backup lock"),
+            "{name}: {}",
+            describe_output(&out)
+        );
+        assert_ne!(
+            without_lock(),
+            backup_objects(&second),
+            "{name}: kept while locked"
+        );
+        // The lock expires (as after LOCK_TTL): an expired record is what the store holds.
+        let expired = br#"{"host":"dead","pid":1,"token":1,"acquired_at":"2020-01-01T00:00:00Z","expires_at":"2020-01-01T02:00:00Z"}"#;
+        (b.raw_put)(&lock_key, expired);
+    }
     run_ok(fx.cmd(&eager).arg("prune"));
-    let left: BTreeSet<String> = (b.raw_keys)()
-        .into_iter()
-        .filter(|k| k != &format!("{CLUSTER}/backup.lock"))
-        .collect();
     assert_eq!(
-        left,
+        without_lock(),
         backup_objects(&second),
         "{name}: leftovers of the interrupted run are collected"
     );

@@ -398,3 +398,96 @@ fn chrono_now(offset: i64) -> String {
     ]));
     stdout_str(&out).trim().to_string()
 }
+
+/// The same job on every control-plane host: one backup per slot, the others exit 4.
+#[test]
+fn a_recent_backup_makes_the_next_one_unnecessary() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(50, 100);
+    let fx = Fixture::new();
+    let (_, config) = fx.dir_config(&etcd, "");
+    run_ok(
+        fx.cmd(&config)
+            .args(["backup", "--skip-if-newer-than", "30m"]),
+    );
+    let out = run_code(
+        fx.cmd(&config)
+            .args(["backup", "--skip-if-newer-than", "30m"]),
+        4,
+    );
+    assert!(
+        stderr_str(&out).contains("nothing to do"),
+        "{}",
+        describe_output(&out)
+    );
+    run_ok(fx.cmd(&config).arg("backup"));
+    let out = run_ok(fx.cmd(&config).args(["list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
+/// A recovery host has the config but not the control plane's certificates: reading
+/// backups must still work there, and only taking one needs them.
+#[test]
+fn backups_can_be_read_where_the_source_files_are_missing() {
+    let etcd = EtcdServer::start(true);
+    etcd.load(50, 100);
+    let fx = Fixture::new();
+    let (_, config) = fx.dir_config(&etcd, "");
+    run_ok(fx.cmd(&config).arg("backup"));
+    let tls = etcd.tls().unwrap();
+    std::fs::remove_file(&tls.client_key).unwrap();
+    std::fs::remove_dir_all(&fx.static_dir).unwrap();
+    run_ok(fx.cmd(&config).arg("list"));
+    let mut restore = fx.cmd(&config);
+    restore
+        .args(["restore", "--latest", "--to"])
+        .arg(fx.path("restored"));
+    run_ok(restore.args(fx.identity_args()));
+    let out = run_code(fx.cmd(&config).arg("backup"), 2);
+    assert!(
+        stderr_str(&out).contains("`source.etcd.key`"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+/// cluster-backup.sh stopped writing: the same pair is not shipped again as a new backup.
+#[test]
+fn a_backup_dir_pair_is_shipped_once() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(50, 100);
+    let fx = Fixture::new();
+    let src = fx.path("assets-backup");
+    std::fs::create_dir_all(&src).unwrap();
+    etcd.snapshot_save(&src.join("snapshot_2026-11-21_030000.db"));
+    run_ok(
+        Command::new("tar")
+            .arg("czf")
+            .arg(src.join("static_kuberesources_2026-11-21_030000.tar.gz"))
+            .arg("-C")
+            .arg(&fx.base_dir)
+            .arg("static-pod-resources"),
+    );
+    let (_, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &format!("source:\n  backup_dir: {}\n", src.display()),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    run_ok(fx.cmd(&config).arg("backup"));
+    let out = run_code(fx.cmd(&config).arg("backup"), 4);
+    assert!(
+        stderr_str(&out).contains("already shipped"),
+        "{}",
+        describe_output(&out)
+    );
+    etcd.snapshot_save(&src.join("snapshot_2026-11-22_030000.db"));
+    std::fs::copy(
+        src.join("static_kuberesources_2026-11-21_030000.tar.gz"),
+        src.join("static_kuberesources_2026-11-22_030000.tar.gz"),
+    )
+    .unwrap();
+    run_ok(fx.cmd(&config).arg("backup"));
+}

@@ -16,6 +16,7 @@ use crate::pipeline::{self, Encoding, ShipError};
 use crate::source::backup_dir::{self, BackupDirPair};
 use crate::source::etcd::{ClusterFacts, EtcdMember};
 use crate::source::static_resources;
+use crate::store::catalog::list_backups;
 use crate::store::layout::{
     IN_PROGRESS_OBJECT, MANIFEST_OBJECT, SNAPSHOT_OBJECT, STATIC_OBJECT, backup_id,
 };
@@ -27,24 +28,84 @@ const FRESH_CLUSTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 pub async fn run(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
     let targets = Targets::open(config)?;
-    let manifest = execute(config, &targets, args.force).await?;
+    let not_before = args.skip_if_newer_than.map(|window| {
+        Utc::now() - chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX)
+    });
+    let manifest = execute(config, &targets, args.force, not_before).await?;
     if args.json {
         println!("{}", manifest.to_json());
     } else {
         println!("{}", manifest.id);
     }
-    if args.no_prune {
-        return Ok(());
+    if !args.no_prune
+        && let Err(e) = prune_after(config, &targets, &manifest.id).await
+    {
+        // The backup is committed; a refused delete (object lock) must not mark it failed.
+        tracing::error!(error = %format!("{e:#}"), "pruning after the backup failed; run `etcd-offsite prune` for details");
     }
-    prune_after(config, &targets, &manifest.id).await
+    Ok(())
 }
 
-/// One backup under the cluster's lock.
-pub async fn execute(config: &Config, targets: &Targets, force: bool) -> anyhow::Result<Manifest> {
+/// One backup under the cluster's lock. With `not_before`, a backup that another host
+/// started at or after that time makes this one unnecessary (refused, exit 4): several
+/// control-plane hosts on one schedule produce one backup.
+pub async fn execute(
+    config: &Config,
+    targets: &Targets,
+    force: bool,
+    not_before: Option<chrono::DateTime<Utc>>,
+) -> anyhow::Result<Manifest> {
     let lock = lock::acquire(&targets.snapshot, &config.cluster).await?;
-    let result = take_backup(config, targets, force).await;
+    let result = match already_taken(config, targets, not_before).await {
+        Ok(()) => take_backup(config, targets, force).await,
+        Err(e) => Err(e),
+    };
     lock.release().await;
     result
+}
+
+/// Refuses when the newest complete backup already covers this run: one started at or
+/// after `not_before`, or (for cluster-backup.sh files) the same pair.
+async fn already_taken(
+    config: &Config,
+    targets: &Targets,
+    not_before: Option<chrono::DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    let newest = list_backups(&targets.snapshot, &config.cluster)
+        .await?
+        .into_iter()
+        .find_map(|e| e.manifest);
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    if let Some(not_before) = not_before
+        && newest.started_at >= not_before
+    {
+        return Err(Refused(format!(
+            "backup {} was taken at {} by {}; nothing to do for this run",
+            newest.id,
+            newest.started_at.to_rfc3339(),
+            if newest.host.is_empty() {
+                "another run"
+            } else {
+                &newest.host
+            }
+        ))
+        .into());
+    }
+    if let (SnapshotSource::BackupDir(dir), SourceInfo::BackupDir { timestamp, .. }) =
+        (&config.source, &newest.source)
+        && let Ok(pair) = backup_dir::newest_pair(dir)
+        && pair.timestamp == *timestamp
+    {
+        return Err(Refused(format!(
+            "the newest cluster-backup.sh pair in {} ({timestamp}) was already shipped as backup {}; run cluster-backup.sh for a newer one",
+            dir.display(),
+            newest.id
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Retention after a backup, when a policy is configured.
@@ -201,6 +262,7 @@ async fn write_backup<'t>(
         started_at,
         finished_at: Utc::now(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: lock::hostname(),
         source,
         platform_version: config
             .labels
@@ -215,14 +277,26 @@ async fn write_backup<'t>(
     };
     let manifest_key = format!("{cluster}/{id}/{MANIFEST_OBJECT}");
     let body = Bytes::from(manifest.to_json());
-    if manifest.artifacts.static_resources.is_some()
-        && targets.static_resources.url() != targets.snapshot.url()
-    {
-        create_manifest(&targets.static_resources, &manifest_key, body.clone()).await?;
+    if manifest.artifacts.static_resources.is_some() && targets.split() {
+        // Before the commit, an unclear outcome is simply a failure: cleanup removes the copy.
         written.push((&targets.static_resources, manifest_key.clone()));
+        commit(&targets.static_resources, &manifest_key, body.clone())
+            .await
+            .map_err(CommitError::into_inner)?;
     }
     // The commit point: written last, create-only.
-    create_manifest(&targets.snapshot, &manifest_key, body).await?;
+    match commit(&targets.snapshot, &manifest_key, body).await {
+        Ok(()) => {}
+        Err(CommitError::Unknown(e)) => {
+            // The manifest may have landed: deleting the artifacts could leave a listed
+            // backup without them. Leave everything for verify (or prune) to judge.
+            written.clear();
+            return Err(e.context(format!(
+                "committing backup {id}: whether its manifest was written is unknown; the artifacts are kept. Run `etcd-offsite verify {id}`"
+            )));
+        }
+        Err(e) => return Err(e.into_inner()),
+    }
     tracing::info!(
         %id,
         snapshot_bytes = manifest.artifacts.snapshot.plaintext.size,
@@ -233,14 +307,39 @@ async fn write_backup<'t>(
     Ok(manifest)
 }
 
-async fn create_manifest(target: &Target, key: &str, body: Bytes) -> anyhow::Result<()> {
-    if target.create(key, body).await? {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "{}/{key} already exists: another run wrote this backup id; nothing was overwritten",
-            target.url().trim_end_matches('/')
-        ))
+enum CommitError {
+    /// Another run's manifest is there.
+    Taken(anyhow::Error),
+    /// The write failed or was retried, and the stored state could not be read back.
+    Unknown(anyhow::Error),
+}
+
+impl CommitError {
+    fn into_inner(self) -> anyhow::Error {
+        match self {
+            Self::Taken(e) | Self::Unknown(e) => e,
+        }
+    }
+}
+
+/// Writes a manifest create-only. When the outcome is unclear (an error after the request
+/// was sent, or "exists" after a retried request), the stored manifest is read back and an
+/// identical one counts as written.
+async fn commit(target: &Target, key: &str, body: Bytes) -> Result<(), CommitError> {
+    let written = target.create(key, body.clone()).await;
+    if matches!(written, Ok(true)) {
+        return Ok(());
+    }
+    let location = format!("{}/{key}", target.url());
+    match target.read(key).await {
+        Ok(stored) if stored == body => Ok(()),
+        Ok(_) => Err(CommitError::Taken(anyhow!(
+            "{location} already exists: another run wrote this backup id; nothing was overwritten"
+        ))),
+        Err(read) => Err(CommitError::Unknown(match written {
+            Err(e) => anyhow::Error::from(e),
+            _ => anyhow::Error::from(read),
+        })),
     }
 }
 

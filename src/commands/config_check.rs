@@ -46,7 +46,7 @@ pub async fn run(config: &Config, path: &Path, connect: bool) -> anyhow::Result<
     }
     let targets = Targets::open(config)?;
     probe(&targets.snapshot, &config.cluster).await?;
-    if targets.static_resources.url() != targets.snapshot.url() {
+    if targets.split() {
         probe(&targets.static_resources, &config.cluster).await?;
     }
     Ok(())

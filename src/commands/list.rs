@@ -13,7 +13,7 @@ struct ListedBackup<'a> {
     id: &'a str,
     created_at: chrono::DateTime<chrono::Utc>,
     complete: bool,
-    /// Bytes stored in the snapshot target for this backup.
+    /// Bytes stored for this backup (both artifacts; for an incomplete one, what the snapshot target holds).
     stored_size: u64,
     snapshot_size: Option<u64>,
     static_resources_size: Option<u64>,

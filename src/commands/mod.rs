@@ -11,12 +11,18 @@ mod verify;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command, ConfigCommand};
-use crate::config::{self, Config};
+use crate::config::{self, Config, Purpose};
 use crate::store::Target;
 
 /// Loads the config and runs the chosen command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = config::load(&cli.config)?;
+    let purpose = match cli.command {
+        Command::Backup(_) | Command::Run(_) | Command::Config(_) => Purpose::TakeBackups,
+        Command::List(_) | Command::Verify(_) | Command::Restore(_) | Command::Prune(_) => {
+            Purpose::ReadBackups
+        }
+    };
+    let config = config::load(&cli.config, purpose)?;
     match cli.command {
         Command::Backup(args) => backup::run(&config, &args).await,
         Command::List(args) => list::run(&config, &args).await,
@@ -50,6 +56,11 @@ impl Targets {
             snapshot,
             static_resources,
         })
+    }
+
+    /// The keys archive lives in another location than the snapshot (so a manifest copy goes there too).
+    pub fn split(&self) -> bool {
+        self.static_resources.url() != self.snapshot.url()
     }
 
     /// The target that holds an artifact of a manifest.

@@ -74,8 +74,9 @@ use super::Targets;
 use crate::cli::PruneArgs;
 use crate::config::Config;
 use crate::retention::{BackupSummary, Decision, RetentionPolicy, Verdict, decide};
-use crate::store::catalog::list_backups;
-use crate::store::layout::{MANIFEST_OBJECT, id_time};
+use crate::store::catalog::{self, list_backups};
+use crate::store::layout::{IN_PROGRESS_OBJECT, MANIFEST_OBJECT, id_time};
+use crate::store::lock;
 use crate::store::{StoreError, StoreErrorKind, StoredObject, Target};
 
 /// What prune did (or would do). Serialized as documented in the module docs.
@@ -254,20 +255,6 @@ fn failure_text(f: &DeleteFailure) -> String {
     format!("{}: {}; {consequence}", f.kind, f.reason)
 }
 
-/// Objects below `<cluster>/<id>/` grouped by id (names that are not ids are skipped).
-fn group_by_id(objects: Vec<StoredObject>) -> BTreeMap<String, Vec<StoredObject>> {
-    let mut by_id: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
-    for object in objects {
-        let mut parts = object.key.splitn(3, '/');
-        if let (Some(_cluster), Some(id), Some(_name)) = (parts.next(), parts.next(), parts.next())
-            && id_time(id).is_some()
-        {
-            by_id.entry(id.to_string()).or_default().push(object);
-        }
-    }
-    by_id
-}
-
 /// Decides with the retention function and deletes what it says, unless `dry_run`.
 pub async fn apply(
     config: &Config,
@@ -278,9 +265,9 @@ pub async fn apply(
     let now = Utc::now();
     let cluster = config.cluster.as_str();
     let entries = list_backups(&targets.snapshot, cluster).await?;
-    let split = targets.static_resources.url() != targets.snapshot.url();
+    let split = targets.split();
     let static_dirs = if split {
-        group_by_id(targets.static_resources.list(cluster).await?)
+        catalog::group_by_id(targets.static_resources.list(cluster).await?)
     } else {
         BTreeMap::new()
     };
@@ -359,6 +346,9 @@ pub async fn apply(
             .map(String::as_str)
             .filter(|id| !has_manifest.contains(id)),
     );
+    // A backup that is running right now (the lock is held) keeps its directory, however
+    // long it has been quiet: its multipart parts are invisible until they complete.
+    let running = lock::holder(&targets.snapshot, cluster).await?;
     let mut leftovers = Vec::new();
     // Newest first, like everything else prune prints.
     for id in leftover_ids.into_iter().rev() {
@@ -391,6 +381,13 @@ pub async fn apply(
         if let Some(problem) = entry.and_then(|e| e.problem.as_ref()) {
             leftover.action = LeftoverAction::Kept;
             leftover.reason = format!("not a usable backup ({problem}); never removed by prune");
+        } else if let Some(holder) = running.as_ref().filter(|_| {
+            snapshot_objects
+                .iter()
+                .any(|o| o.key.ends_with(IN_PROGRESS_OBJECT))
+        }) {
+            leftover.reason =
+                format!("a backup in progress ({holder} holds the backup lock), left alone");
         } else if now - last_activity <= grace_delta {
             let until = last_activity.checked_add_signed(grace_delta).map_or_else(
                 || "never".to_string(),

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::error::{Refused, UsageError};
 use crate::manifest::{Artifact, Manifest};
 use crate::pipeline::{Identities, fetch};
-use crate::store::layout::restore_timestamp;
 
 pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
     let identities = Identities::load(&args.identities)?;
@@ -53,7 +52,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.to)
         .with_context(|| format!("creating --to directory {}", args.to.display()))?;
-    let ts = restore_timestamp(manifest.started_at);
+    let ts = manifest.restore_timestamp();
     let snapshot_file = Staged::new(&args.to, &format!("snapshot_{ts}.db"))?;
     let static_file = match &static_part {
         Some(_) => Some(Staged::new(

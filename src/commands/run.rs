@@ -98,8 +98,10 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
     tokio::spawn(serve_metrics(listener, metrics.clone()));
     tracing::info!(cron = %schedule.cron_text, jitter = ?schedule.jitter, metrics = %args.metrics_listen, "scheduler started");
-    let mut recorded_version = newest_platform_version(config, &targets).await;
     let mut upgrade_check = schedule.upgrade_check.map(tokio::time::interval);
+    // One listener for the whole run, so a SIGTERM that comes during a backup is not lost.
+    let shutdown = shutdown();
+    tokio::pin!(shutdown);
     loop {
         let next = schedule
             .cron
@@ -118,12 +120,14 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break "schedule",
                 _ = tick(&mut upgrade_check) => {
-                    if let Some(version) = upgraded(config, recorded_version.as_deref()).await {
+                    // Another host may have backed up the new version already.
+                    let recorded = newest_platform_version(config, &targets).await;
+                    if let Some(version) = upgraded(config, recorded.as_deref()).await {
                         tracing::info!(%version, "platform version changed since the last backup");
                         break "upgrade";
                     }
                 }
-                _ = shutdown() => {
+                _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     return Ok(());
                 }
@@ -131,7 +135,21 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         };
         tracing::info!(reason, "backup starting");
         let started = std::time::Instant::now();
-        let outcome = super::backup::execute(config, &targets, false).await;
+        // Any host's backup since this slot's time serves it; an upgrade needs a fresh one.
+        let not_before = (reason == "schedule").then_some(next);
+        let backup = super::backup::execute(config, &targets, false, not_before);
+        tokio::pin!(backup);
+        let mut stopping = false;
+        let outcome = tokio::select! {
+            outcome = &mut backup => outcome,
+            _ = &mut shutdown => {
+                // Stopping mid-upload would leave the lock held for its TTL: finish first
+                // (give the pod or unit a stop timeout longer than a backup).
+                tracing::warn!("asked to stop: finishing the running backup first");
+                stopping = true;
+                backup.await
+            }
+        };
         metrics.last_duration.set(started.elapsed().as_secs_f64());
         match outcome {
             Ok(manifest) => {
@@ -140,7 +158,6 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
                 metrics
                     .last_stored_bytes
                     .set(i64::try_from(manifest.stored_size()).unwrap_or(i64::MAX));
-                recorded_version = manifest.platform_version.clone();
                 if let Err(e) = super::backup::prune_after(config, &targets, &manifest.id).await {
                     tracing::error!(error = %format!("{e:#}"), "prune failed");
                 }
@@ -153,6 +170,10 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
                 metrics.count("failure");
                 tracing::error!(error = %format!("{e:#}"), "backup failed");
             }
+        }
+        if stopping {
+            tracing::info!("shutting down");
+            return Ok(());
         }
     }
 }

@@ -77,7 +77,9 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
         };
         reports.push(verify_backup(&targets, &manifest, &identities).await?);
     }
+    // A wrong identity is a usage error, unless something already failed: that is reported first.
     if !identities.is_empty()
+        && reports.iter().all(|r| r.ok)
         && reports
             .iter()
             .flat_map(|r| &r.artifacts)
@@ -259,9 +261,7 @@ async fn check_manifest_copy(
     targets: &Targets,
     manifest: &Manifest,
 ) -> anyhow::Result<Option<String>> {
-    if manifest.artifacts.static_resources.is_none()
-        || targets.static_resources.url() == targets.snapshot.url()
-    {
+    if manifest.artifacts.static_resources.is_none() || !targets.split() {
         return Ok(None);
     }
     Ok(

@@ -17,6 +17,7 @@ pub struct BackupDirPair {
 impl BackupDirPair {
     pub fn source_info(&self) -> SourceInfo {
         SourceInfo::BackupDir {
+            timestamp: self.timestamp.clone(),
             snapshot_file: self.snapshot.display().to_string(),
             static_file: self.static_tarball.display().to_string(),
         }

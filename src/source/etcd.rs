@@ -68,6 +68,17 @@ impl EtcdMember {
             .await
             .map_err(|_| fail(format!("no status answer within {:?}", config.timeout)))?
             .map_err(|e| fail(format!("status failed: {e}")))?;
+        // Status and Snapshot are answered locally: a member cut off from the quorum would
+        // serve stale data. One that knows no leader, or reports errors, is not healthy.
+        if status.leader() == 0 {
+            return Err(fail("has no leader (partitioned from the quorum?)".into()));
+        }
+        if status.is_learner() {
+            return Err(fail("is a learner, not a voting member".into()));
+        }
+        if let Some(error) = status.errors().first() {
+            return Err(fail(format!("reports an error: {error}")));
+        }
         let header = status.header();
         Ok(Self {
             config: config.clone(),

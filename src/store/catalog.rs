@@ -48,19 +48,23 @@ impl BackupEntry {
     }
 }
 
-/// Backup directories of `cluster` in `target`, newest first; names that are not ids are skipped.
-pub async fn list_backups(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
+/// Objects of a cluster listing grouped by backup id (`<cluster>/<id>/<name>`); others are skipped.
+pub fn group_by_id(objects: Vec<StoredObject>) -> BTreeMap<String, Vec<StoredObject>> {
     let mut by_id: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
-    for object in target.list(cluster).await? {
+    for object in objects {
         let mut parts = object.key.splitn(3, '/');
-        let (Some(_cluster), Some(id), Some(_name)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if id_time(id).is_some() {
+        if let (Some(_cluster), Some(id), Some(_name)) = (parts.next(), parts.next(), parts.next())
+            && id_time(id).is_some()
+        {
             by_id.entry(id.to_string()).or_default().push(object);
         }
     }
+    by_id
+}
+
+/// Backup directories of `cluster` in `target`, newest first; names that are not ids are skipped.
+pub async fn list_backups(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
+    let by_id = group_by_id(target.list(cluster).await?);
     let mut entries = Vec::with_capacity(by_id.len());
     for (id, objects) in by_id.into_iter().rev() {
         let has_manifest = objects

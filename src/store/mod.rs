@@ -14,8 +14,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use url::Url;
 
@@ -81,14 +81,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn client_options() -> ClientOptions {
-    // HTTP(S)_PROXY and NO_PROXY from the environment are honoured by the HTTP client
-    // unless the target's options set `proxy_url`.
-    ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(10))
-        .with_timeout(Duration::from_secs(120))
-}
-
 fn retry_config() -> RetryConfig {
     // object_store's default (10 retries, 180 s) keeps a CLI silent for minutes.
     RetryConfig {
@@ -100,9 +92,11 @@ fn retry_config() -> RetryConfig {
 
 macro_rules! cloud_store {
     ($builder:ty, $key:ty, $url:expr, $options:expr) => {{
+        // Client settings (timeouts, proxy, allow_http) come from object_store's defaults,
+        // then its environment variables (AWS_*, GOOGLE_*, AZURE_*, HTTP(S)_PROXY), then
+        // the target's options.
         let mut builder = <$builder>::from_env()
             .with_url($url)
-            .with_client_options(client_options())
             .with_retry(retry_config());
         for (key, value) in $options {
             // Keys were validated when the config was loaded.
@@ -139,7 +133,9 @@ impl Target {
                 }
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| fail(one_line(&e)))?
-                    .with_automatic_cleanup(true);
+                    .with_automatic_cleanup(true)
+                    // The manifest must never reach the disk before the data it describes.
+                    .with_fsync(true);
                 local_dir = Some(dir);
                 (Arc::new(local) as Arc<dyn ObjectStore>, Path::default())
             }
@@ -197,7 +193,7 @@ impl Target {
         let fail = |e: std::io::Error| StoreError {
             kind: StoreErrorKind::Other,
             op: "sweep",
-            location: format!("{}/{cluster}", self.url.trim_end_matches('/')),
+            location: format!("{}/{cluster}", self.url()),
             reason: e.to_string(),
         };
         let mut removed = Vec::new();
@@ -233,9 +229,10 @@ impl Target {
         Ok(removed)
     }
 
-    /// The target URL without credentials.
+    /// The target URL without credentials (and without a trailing slash, so that one
+    /// location has one spelling).
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.trim_end_matches('/')
     }
 
     fn path(&self, key: &str) -> Path {
@@ -269,7 +266,7 @@ impl Target {
         StoreError {
             kind,
             op,
-            location: format!("{}/{key}", self.url.trim_end_matches('/')),
+            location: format!("{}/{key}", self.url()),
             reason: one_line(err),
         }
     }
