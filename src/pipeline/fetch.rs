@@ -114,9 +114,18 @@ where
     let (_, stream) = match target.read_stream(&key).await {
         Ok(found) => found,
         Err(e) if e.kind == StoreErrorKind::NotFound => {
+            // A moved target looks like a lost object: say so.
+            let moved = if artifact.target != target.url() {
+                format!(
+                    " (the manifest records it in {}, the config points at {})",
+                    artifact.target,
+                    target.url()
+                )
+            } else {
+                String::new()
+            };
             return Err(FetchError::Stored(IntegrityError(format!(
-                "{} is missing from {}",
-                key,
+                "{key} is missing from {}{moved}",
                 target.url()
             ))));
         }
