@@ -194,15 +194,7 @@ fn azure_target_at(endpoint: &str, container: &str, prefix: &str, key: &str) -> 
 /// GCS target whose service account points object_store at `base_url` (the relay before the front).
 fn gcs_target_at(dir: &Path, base_url: &str, bucket: &str, prefix: &str) -> String {
     let sa = dir.join(format!("gcs-{bucket}.json"));
-    let json = serde_json::json!({
-        "type": "service_account",
-        "private_key": "unused",
-        "private_key_id": "unused",
-        "client_email": "test@example.invalid",
-        "disable_oauth": true,
-        "gcs_base_url": base_url,
-    });
-    std::fs::write(&sa, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    write_gcs_service_account(&sa, base_url);
     format!(
         "{{ url: \"gs://{bucket}/{prefix}\", options: {{ google_service_account: \"{}\", allow_http: \"true\" }} }}",
         sa.display()
@@ -273,6 +265,22 @@ fn manifests(keys: &BTreeSet<String>) -> BTreeSet<String> {
         .collect()
 }
 
+/// `verify --all` with both identities succeeds and says `<id> OK` for each of `ids`.
+fn verify_all_ok(fx: &Fixture, config: &Path, ids: &[&str], name: &str) {
+    let out = run_ok(
+        fx.cmd(config)
+            .args(["verify", "--all"])
+            .args(fx.identity_args()),
+    );
+    for id in ids {
+        assert!(
+            stdout_str(&out).contains(&format!("{id} OK")),
+            "{name}: {}",
+            describe_output(&out)
+        );
+    }
+}
+
 /// Adds `read_rate_limit` under `source.etcd` (Fixture writes `timeout: 5s` there).
 fn with_rate_limit(config: &Path, limit: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -293,7 +301,9 @@ fn conformance(b: &Backend) {
     let fx = Fixture::new();
     let source = fx.etcd_source_for(&etcd);
     let targets = format!("  snapshot: {}\n", b.target);
-    let config = fx.write_config("config.yaml", &source, &targets, "");
+    // A config for this backend with top-level `extra`.
+    let write_config = |name: &str, extra: &str| fx.write_config(name, &source, &targets, extra);
+    let config = write_config("config.yaml", "");
 
     // Two backups, newest first in `list`.
     let first = last_line(&run_ok(fx.cmd(&config).arg("backup")));
@@ -327,18 +337,7 @@ fn conformance(b: &Backend) {
         "{name}: {}",
         describe_output(&out)
     );
-    let out = run_ok(
-        fx.cmd(&config)
-            .args(["verify", "--all"])
-            .args(fx.identity_args()),
-    );
-    for id in [&first, &second] {
-        assert!(
-            stdout_str(&out).contains(&format!("{id} OK")),
-            "{name}: {}",
-            describe_output(&out)
-        );
-    }
+    verify_all_ok(&fx, &config, &[&first, &second], name);
 
     // Restore the latest: the pair cluster-restore.sh takes.
     let to = fx.path("restored");
@@ -378,12 +377,7 @@ fn conformance(b: &Backend) {
     );
 
     // Retention keep_last: 1 leaves the newest, in `list` and in the store.
-    let prune_config = fx.write_config(
-        "prune.yaml",
-        &source,
-        &targets,
-        "retention: { keep_last: 1 }\n",
-    );
+    let prune_config = write_config("prune.yaml", "retention: { keep_last: 1 }\n");
     let out = run_ok(fx.cmd(&prune_config).arg("prune"));
     let text = stdout_str(&out);
     assert!(
@@ -417,20 +411,18 @@ fn conformance(b: &Backend) {
         (b.raw_put)(key, b"partial upload");
     }
     sleep(Duration::from_secs(2));
-    let patient = fx.write_config(
+    // Whether `prune` said it removed the stray directory.
+    let removed_stray = |out: &Output| {
+        stdout_str(out)
+            .lines()
+            .any(|l| l.starts_with("removed") && l.contains(stray))
+    };
+    let patient = write_config(
         "grace-1h.yaml",
-        &source,
-        &targets,
         "retention: { keep_last: 1, incomplete_grace: 1h }\n",
     );
     let out = run_ok(fx.cmd(&patient).arg("prune"));
-    assert!(
-        !stdout_str(&out)
-            .lines()
-            .any(|l| l.starts_with("removed") && l.contains(stray)),
-        "{name}: {}",
-        describe_output(&out)
-    );
+    assert!(!removed_stray(&out), "{name}: {}", describe_output(&out));
     let raw = (b.raw_keys)();
     for key in &stray_keys {
         assert!(
@@ -438,20 +430,12 @@ fn conformance(b: &Backend) {
             "{name}: a fresh leftover is kept: {raw:?}"
         );
     }
-    let eager = fx.write_config(
+    let eager = write_config(
         "grace-1s.yaml",
-        &source,
-        &targets,
         "retention: { keep_last: 1, incomplete_grace: 1s }\n",
     );
     let out = run_ok(fx.cmd(&eager).arg("prune"));
-    assert!(
-        stdout_str(&out)
-            .lines()
-            .any(|l| l.starts_with("removed") && l.contains(stray)),
-        "{name}: {}",
-        describe_output(&out)
-    );
+    assert!(removed_stray(&out), "{name}: {}", describe_output(&out));
     assert_eq!(
         (b.raw_keys)(),
         backup_objects(&second),
@@ -460,7 +444,7 @@ fn conformance(b: &Backend) {
 
     // An upload that fails mid-way: exit 1, no manifest, nothing new in `list`.
     etcd.load_with(700, 100_000, "/registry/big/", 2);
-    let slow = fx.write_config("slow.yaml", &source, &targets, "");
+    let slow = write_config("slow.yaml", "");
     with_rate_limit(&slow, "20MiB");
     let out = interrupted_backup(b, &fx, &slow);
     assert_eq!(
@@ -617,14 +601,8 @@ fn conformance_s3_moto() {
     let moto = Moto::start();
     moto.create_bucket("backups");
     let relay = Relay::start(moto.port());
-    let backend = Backend {
-        name: "s3",
-        target: s3_target_at(&relay.endpoint(), "backups", "etcd", "test"),
-        raw_keys: Box::new(|| strip_prefix_all(moto.list_keys("backups", "etcd/"), "etcd/")),
-        raw_put: Box::new(|key, data| moto.put_object("backups", &format!("etcd/{key}"), data)),
-        interrupt: Interrupt::Relay(&relay),
-    };
-    conformance(&backend);
+    let target = s3_target_at(&relay.endpoint(), "backups", "etcd", "test");
+    conformance(&on_moto("s3", target, &moto, &relay));
 }
 
 #[test]
@@ -649,14 +627,25 @@ fn conformance_gcs_front() {
     front.create_bucket("backups");
     let relay = Relay::start(front_port(&front));
     let dir = tempfile::tempdir().unwrap();
-    let backend = Backend {
-        name: "gcs",
-        target: gcs_target_at(dir.path(), &relay.endpoint(), "backups", "etcd"),
+    let target = gcs_target_at(dir.path(), &relay.endpoint(), "backups", "etcd");
+    conformance(&on_moto("gcs", target, &moto, &relay));
+}
+
+/// A backend whose objects are in moto's `backups` bucket below `etcd/`, reached through
+/// `relay` (S3 directly, GCS through the front).
+fn on_moto<'a>(
+    name: &'static str,
+    target: String,
+    moto: &'a Moto,
+    relay: &'a Relay,
+) -> Backend<'a> {
+    Backend {
+        name,
+        target,
         raw_keys: Box::new(|| strip_prefix_all(moto.list_keys("backups", "etcd/"), "etcd/")),
         raw_put: Box::new(|key, data| moto.put_object("backups", &format!("etcd/{key}"), data)),
-        interrupt: Interrupt::Relay(&relay),
-    };
-    conformance(&backend);
+        interrupt: Interrupt::Relay(relay),
+    }
 }
 
 fn front_port(front: &GcsFront) -> u16 {
@@ -688,22 +677,24 @@ fn split_target_snapshot_in_s3_keys_in_azure() {
     let config = fx.write_config("config.yaml", &source, &targets, "");
     let first = last_line(&run_ok(fx.cmd(&config).arg("backup")));
 
-    let s3_side = |id: &str| -> BTreeSet<String> {
+    // The keys of backup `id` on one side: its manifest copy and `artifact`.
+    let side = |id: &str, artifact: &str| -> BTreeSet<String> {
         [
             format!("etcd/{CLUSTER}/{id}/manifest.json"),
-            format!("etcd/{CLUSTER}/{id}/snapshot.db.zst.age"),
+            format!("etcd/{CLUSTER}/{id}/{artifact}"),
         ]
         .into()
     };
-    let azure_side = |id: &str| -> BTreeSet<String> {
-        [
-            format!("etcd/{CLUSTER}/{id}/manifest.json"),
-            format!("etcd/{CLUSTER}/{id}/static_kuberesources.tar.zst.age"),
-        ]
-        .into()
+    let s3_side = |id: &str| side(id, "snapshot.db.zst.age");
+    let azure_side = |id: &str| side(id, "static_kuberesources.tar.zst.age");
+    // Every key in S3 and in Azure.
+    let stored = || -> (BTreeSet<String>, BTreeSet<String>) {
+        (
+            moto.list_keys("snaps", "").into_iter().collect(),
+            azurite.list_blobs("keys", "").into_iter().collect(),
+        )
     };
-    let in_s3: BTreeSet<String> = moto.list_keys("snaps", "").into_iter().collect();
-    let in_azure: BTreeSet<String> = azurite.list_blobs("keys", "").into_iter().collect();
+    let (in_s3, in_azure) = stored();
     assert_eq!(in_s3, s3_side(&first), "the snapshot only in S3");
     assert_eq!(
         in_azure,
@@ -772,16 +763,7 @@ fn split_target_snapshot_in_s3_keys_in_azure() {
         describe_output(&listing)
     );
 
-    let out = run_ok(
-        fx.cmd(&config)
-            .args(["verify", "--all"])
-            .args(fx.identity_args()),
-    );
-    assert!(
-        stdout_str(&out).contains(&format!("{first} OK")),
-        "{}",
-        describe_output(&out)
-    );
+    verify_all_ok(&fx, &config, &[&first], "split");
 
     // Prune removes a backup from both sides.
     let second = last_line(&run_ok(fx.cmd(&config).arg("backup")));
@@ -792,8 +774,7 @@ fn split_target_snapshot_in_s3_keys_in_azure() {
         "retention: { keep_last: 1 }\n",
     );
     run_ok(fx.cmd(&prune_config).arg("prune"));
-    let in_s3: BTreeSet<String> = moto.list_keys("snaps", "").into_iter().collect();
-    let in_azure: BTreeSet<String> = azurite.list_blobs("keys", "").into_iter().collect();
+    let (in_s3, in_azure) = stored();
     assert_eq!(in_s3, s3_side(&second), "S3 side pruned");
     assert_eq!(in_azure, azure_side(&second), "Azure side pruned");
 }

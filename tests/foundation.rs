@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use common::fixture::Fixture;
 use common::*;
 
 /// Backs up `etcd` into a fresh directory target; returns (target dir, backup id).
-fn backup_to_dir(fx: &Fixture, etcd: &EtcdServer) -> (std::path::PathBuf, String) {
+fn backup_to_dir(fx: &Fixture, etcd: &EtcdServer) -> (PathBuf, String) {
     let (dir, config) = fx.dir_config(etcd, "");
     let out = run_ok(fx.cmd(&config).arg("backup"));
     let id = stdout_str(&out)
@@ -19,6 +19,30 @@ fn backup_to_dir(fx: &Fixture, etcd: &EtcdServer) -> (std::path::PathBuf, String
         .expect("backup prints the id")
         .to_string();
     (dir, id)
+}
+
+/// Asserts the command's stderr contains `needle`.
+fn assert_stderr_has(out: &Output, needle: &str) {
+    assert!(stderr_str(out).contains(needle), "{}", describe_output(out));
+}
+
+/// A config backing up the members at `endpoints`, tried in order, into a new `backups`
+/// directory; returns (that directory, config path).
+fn members_config(fx: &Fixture, endpoints: &[String]) -> (PathBuf, PathBuf) {
+    let (dir, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source(endpoints, None),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    (dir, config)
+}
+
+/// `backup --json` with `config`: the manifest.
+fn backup_json(fx: &Fixture, config: &Path) -> serde_json::Value {
+    let out = run_ok(fx.cmd(config).args(["backup", "--json"]));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn round_trip(tls: bool) {
@@ -114,15 +138,8 @@ fn a_dead_first_endpoint_fails_over_to_the_next() {
     etcd.load(200, 100);
     let fx = Fixture::new();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let (dir, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source(&[dead, etcd.endpoint()], None),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
-    let out = run_ok(fx.cmd(&config).args(["backup", "--json"]));
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (dir, config) = members_config(&fx, &[dead, etcd.endpoint()]);
+    let manifest = backup_json(&fx, &config);
     assert_eq!(manifest["source"]["endpoint"], etcd.endpoint().as_str());
     assert!(
         dir.join("test")
@@ -162,15 +179,8 @@ fn etcd_killed_mid_snapshot_leaves_no_manifest() {
     etcd.kill();
     let out = child.wait_with_output().unwrap();
     assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
-    assert!(
-        stderr_str(&out).contains("snapshot"),
-        "{}",
-        describe_output(&out)
-    );
-    let manifests: Vec<_> = walk(&dir)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .collect();
+    assert_stderr_has(&out, "snapshot");
+    let manifests = manifests_below(&dir);
     assert!(
         manifests.is_empty(),
         "no manifest after a failed backup: {manifests:?}"
@@ -194,29 +204,24 @@ fn a_stalled_member_times_out_and_the_next_one_serves() {
     let second = EtcdServer::start(false);
     second.load(300, 1000);
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let config = fx.write_config(
-        "config.yaml",
-        &fx.etcd_source(&[first.endpoint(), second.endpoint()], None),
-        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
-        "",
-    );
+    let (dir, config) = members_config(&fx, &[first.endpoint(), second.endpoint()]);
     // Frozen before connect: status times out and the second member serves.
     first.pause();
-    let out = run_ok(fx.cmd(&config).args(["backup", "--json"]));
+    let manifest = backup_json(&fx, &config);
     first.resume();
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(manifest["source"]["endpoint"], second.endpoint().as_str());
-    assert_eq!(
-        walk(&dir)
-            .iter()
-            .filter(|p| p.ends_with("manifest.json"))
-            .count(),
-        1
-    );
+    assert_eq!(manifests_below(&dir).len(), 1);
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+/// Every `manifest.json` below `dir`.
+fn manifests_below(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -350,11 +355,7 @@ fn config_check_connect_reaches_etcd_and_the_target() {
         "",
     );
     let out = run_code(fx.cmd(&missing).arg("backup"), 1);
-    assert!(
-        stderr_str(&out).contains("mount the NFS share"),
-        "{}",
-        describe_output(&out)
-    );
+    assert_stderr_has(&out, "mount the NFS share");
 }
 
 #[test]
@@ -364,23 +365,19 @@ fn a_second_host_is_refused_while_the_lock_is_held() {
     let fx = Fixture::new();
     let (dir, config) = fx.dir_config(&etcd, "");
     std::fs::create_dir_all(dir.join("test")).unwrap();
-    let held = serde_json::json!({
-        "host": "master-1", "pid": 1,
-        "acquired_at": chrono_now(0), "expires_at": chrono_now(3600),
-    });
-    std::fs::write(dir.join("test/backup.lock"), held.to_string()).unwrap();
+    // master-1's lock, acquired and expiring at these offsets (seconds) from now.
+    let write_lock = |acquired: i64, expires: i64| {
+        let lock = serde_json::json!({
+            "host": "master-1", "pid": 1,
+            "acquired_at": chrono_now(acquired), "expires_at": chrono_now(expires),
+        });
+        std::fs::write(dir.join("test/backup.lock"), lock.to_string()).unwrap();
+    };
+    write_lock(0, 3600);
     let out = run_code(fx.cmd(&config).arg("backup"), 4);
-    assert!(
-        stderr_str(&out).contains("held by master-1"),
-        "{}",
-        describe_output(&out)
-    );
+    assert_stderr_has(&out, "held by master-1");
     // An expired lock (a crashed run) is broken and the backup goes ahead.
-    let stale = serde_json::json!({
-        "host": "master-1", "pid": 1,
-        "acquired_at": chrono_now(-7200), "expires_at": chrono_now(-60),
-    });
-    std::fs::write(dir.join("test/backup.lock"), stale.to_string()).unwrap();
+    write_lock(-7200, -60);
     run_ok(fx.cmd(&config).arg("backup"));
     assert!(
         !dir.join("test/backup.lock").exists(),
@@ -415,15 +412,9 @@ fn a_recent_backup_makes_the_next_one_unnecessary() {
             .args(["backup", "--skip-if-newer-than", "30m"]),
         4,
     );
-    assert!(
-        stderr_str(&out).contains("nothing to do"),
-        "{}",
-        describe_output(&out)
-    );
+    assert_stderr_has(&out, "nothing to do");
     run_ok(fx.cmd(&config).arg("backup"));
-    let out = run_ok(fx.cmd(&config).args(["list", "--json"]));
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(list_json(&fx, &config).len(), 2);
 }
 
 /// A recovery host has the config but not the control plane's certificates: reading
@@ -445,11 +436,7 @@ fn backups_can_be_read_where_the_source_files_are_missing() {
         .arg(fx.path("restored"));
     run_ok(restore.args(fx.identity_args()));
     let out = run_code(fx.cmd(&config).arg("backup"), 2);
-    assert!(
-        stderr_str(&out).contains("`source.etcd.key`"),
-        "{}",
-        describe_output(&out)
-    );
+    assert_stderr_has(&out, "`source.etcd.key`");
 }
 
 /// cluster-backup.sh stopped writing: the same pair is not shipped again as a new backup.
@@ -461,14 +448,7 @@ fn a_backup_dir_pair_is_shipped_once() {
     let src = fx.path("assets-backup");
     std::fs::create_dir_all(&src).unwrap();
     etcd.snapshot_save(&src.join("snapshot_2026-11-21_030000.db"));
-    run_ok(
-        Command::new("tar")
-            .arg("czf")
-            .arg(src.join("static_kuberesources_2026-11-21_030000.tar.gz"))
-            .arg("-C")
-            .arg(&fx.base_dir)
-            .arg("static-pod-resources"),
-    );
+    fx.tar_static(&src, "2026-11-21_030000", "static-pod-resources");
     let (_, url) = fx.file_url("backups");
     let config = fx.write_config(
         "config.yaml",
@@ -478,11 +458,7 @@ fn a_backup_dir_pair_is_shipped_once() {
     );
     run_ok(fx.cmd(&config).arg("backup"));
     let out = run_code(fx.cmd(&config).arg("backup"), 4);
-    assert!(
-        stderr_str(&out).contains("already shipped"),
-        "{}",
-        describe_output(&out)
-    );
+    assert_stderr_has(&out, "already shipped");
     etcd.snapshot_save(&src.join("snapshot_2026-11-22_030000.db"));
     std::fs::copy(
         src.join("static_kuberesources_2026-11-21_030000.tar.gz"),

@@ -46,6 +46,15 @@ impl Setup {
         Setup { fx, target, config }
     }
 
+    /// Backs up the `cluster-backup.sh` files in `src` (a `backup_dir` source).
+    fn backup_dir_source(fx: Fixture, src: &Path) -> Setup {
+        Self::with_source(
+            fx,
+            |_| format!("source:\n  backup_dir: {}\n", src.display()),
+            "",
+        )
+    }
+
     fn cmd(&self) -> Command {
         self.fx.cmd(&self.config)
     }
@@ -78,6 +87,15 @@ impl Setup {
             .args(extra))
     }
 
+    /// `restore --latest --to DIR` with both identities.
+    fn restore_latest(&self, to: &Path) -> Output {
+        run(self
+            .cmd()
+            .args(["restore", "--latest", "--to"])
+            .arg(to)
+            .args(self.fx.identity_args()))
+    }
+
     /// `verify ID` with or without both identities, plus `extra`.
     fn verify(&self, id: &str, identities: bool, extra: &[&str]) -> Output {
         let mut cmd = self.cmd();
@@ -86,6 +104,71 @@ impl Setup {
             cmd.args(self.fx.identity_args());
         }
         run(&mut cmd)
+    }
+
+    /// Replaces `artifact` (`snapshot` or `static_resources`) of backup `id` with `plaintext`
+    /// made into an artifact with the stock tools, and rewrites the manifest's plaintext and
+    /// stored digests to match.
+    fn forge(&self, id: &str, artifact: &str, plaintext: &Path) {
+        let (file, _) = artifact_object(artifact);
+        let recipient = match artifact {
+            "snapshot" => &self.fx.snapshot_recipient,
+            _ => &self.fx.static_recipient,
+        };
+        let obj = self.backup_dir(id).join(file);
+        encrypt_with_stock_tools(plaintext, recipient, &obj);
+        let manifest = self.backup_dir(id).join("manifest.json");
+        set_digest(&manifest, artifact, "plaintext", plaintext);
+        set_digest(&manifest, artifact, "stored", &obj);
+    }
+
+    /// Backup `id`'s stored bytes match its manifest but the contents of `artifact` do not:
+    /// verify passes without identities; with them it exits 3 naming the object and
+    /// `problem`, its report has only that artifact's contents failing, and (when `restore`)
+    /// restore exits 3 the same way and leaves nothing behind.
+    fn assert_only_contents_tell(
+        &self,
+        id: &str,
+        artifact: &str,
+        what: &str,
+        problem: &str,
+        restore: bool,
+    ) {
+        let (file, index) = artifact_object(artifact);
+        let key = format!("test/{id}/{file}");
+        let out = self.verify(id, false, &[]);
+        assert_exit(&out, 0, &format!("{what}, stored bytes only"));
+        let out = self.verify(id, true, &["--json"]);
+        assert_exit(&out, 3, &format!("{what} with identities"));
+        assert_says(&out, what, &[&key, problem]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let other = 1 - index;
+        assert_eq!(report[0]["artifacts"][index]["stored_ok"], true, "{report}");
+        assert_eq!(
+            report[0]["artifacts"][index]["contents_ok"], false,
+            "{report}"
+        );
+        assert_eq!(
+            report[0]["artifacts"][other]["contents_ok"], true,
+            "{report}"
+        );
+        if restore {
+            let what = format!("restore {what}");
+            let to = self.fx.path(&format!("restore-{id}"));
+            let out = self.restore(id, &to, &[]);
+            assert_exit(&out, 3, &what);
+            assert_says(&out, &what, &[&key, problem]);
+            assert_nothing_restored(&to, &what);
+        }
+    }
+}
+
+/// The object file name of a manifest artifact and its index in `verify --json`'s `artifacts`.
+fn artifact_object(artifact: &str) -> (&'static str, usize) {
+    match artifact {
+        "snapshot" => ("snapshot.db.zst.age", 0),
+        "static_resources" => ("static_kuberesources.tar.zst.age", 1),
+        _ => panic!("unknown artifact {artifact}"),
     }
 }
 
@@ -176,6 +259,10 @@ fn encrypt_with_stock_tools(plaintext: &Path, recipient: &str, out: &Path) {
             .arg(recipient)
             .arg(out),
     );
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -299,13 +386,9 @@ fn restore_round_trips_into_a_started_etcd() {
     let fx = Fixture::new();
     let secret = fx.static_dir.join("secrets/encryption-config");
     let config_yaml = fx.static_dir.join("configmaps/config/config.yaml");
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::set_permissions(&config_yaml, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::set_permissions(
-        fx.static_dir.join("secrets"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
+    chmod(&secret, 0o600);
+    chmod(&config_yaml, 0o644);
+    chmod(&fx.static_dir.join("secrets"), 0o700);
     let source = fx.etcd_source_for(&etcd);
     let s = Setup::with_source(fx, |_| source, "");
     let manifest = s.backup(&[]);
@@ -390,12 +473,7 @@ fn restore_round_trips_into_a_started_etcd() {
 
     // `--latest` picks the same backup.
     let latest_dir = s.fx.path("restore-latest");
-    run_ok(
-        s.cmd()
-            .args(["restore", "--latest", "--to"])
-            .arg(&latest_dir)
-            .args(s.fx.identity_args()),
-    );
+    assert_exit(&s.restore_latest(&latest_dir), 0, "restore --latest");
     assert_eq!(
         sha256_file(&latest_dir.join(format!("snapshot_{ts}.db"))),
         sha256_file(&snapshot)
@@ -574,27 +652,7 @@ fn tampered_backups_fail_verify_and_restore_with_exit_3() {
     let mut m: serde_json::Value = serde_json::from_slice(&read(&manifest_path)).unwrap();
     m["artifacts"]["snapshot"]["stored"] = backups[0]["artifacts"]["snapshot"]["stored"].clone();
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let out = s.verify(swapped, false, &[]);
-    assert_exit(&out, 0, "swapped object, stored bytes only");
-    let out = s.verify(swapped, true, &["--json"]);
-    assert_exit(&out, 3, "swapped object with identities");
-    assert_says(
-        &out,
-        "swapped object",
-        &[&snapshot_key(swapped), "plaintext"],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report[0]["artifacts"][0]["stored_ok"], true, "{report}");
-    assert_eq!(report[0]["artifacts"][0]["contents_ok"], false, "{report}");
-    let to = s.fx.path("restore-swapped");
-    let out = s.restore(swapped, &to, &[]);
-    assert_exit(&out, 3, "restore of a swapped object");
-    assert_says(
-        &out,
-        "restore swapped",
-        &[&snapshot_key(swapped), "plaintext"],
-    );
-    assert_nothing_restored(&to, "restore swapped");
+    s.assert_only_contents_tell(swapped, "snapshot", "swapped object", "plaintext", true);
 
     // A snapshot whose bytes were altered before encryption, with the manifest's digests
     // rewritten to match: only the etcd hash trailer can tell.
@@ -602,70 +660,22 @@ fn tampered_backups_fail_verify_and_restore_with_exit_3() {
     let plain = s.fx.path("bad-trailer.db");
     age_zstd_decrypt(&s.fx.snapshot_key, &snapshot_obj(bad_trailer), &plain).unwrap();
     flip_byte(&plain, file_len(&plain) as usize / 2);
-    encrypt_with_stock_tools(&plain, &s.fx.snapshot_recipient, &snapshot_obj(bad_trailer));
-    let manifest_path = s.backup_dir(bad_trailer).join("manifest.json");
-    set_digest(&manifest_path, "snapshot", "plaintext", &plain);
-    set_digest(
-        &manifest_path,
-        "snapshot",
-        "stored",
-        &snapshot_obj(bad_trailer),
-    );
-    assert_exit(
-        &s.verify(bad_trailer, false, &[]),
-        0,
-        "bad trailer, stored bytes only",
-    );
-    let out = s.verify(bad_trailer, true, &["--json"]);
-    assert_exit(&out, 3, "bad trailer with identities");
-    assert_says(
-        &out,
-        "bad trailer",
-        &[&snapshot_key(bad_trailer), "hash trailer"],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report[0]["artifacts"][0]["stored_ok"], true, "{report}");
-    assert_eq!(report[0]["artifacts"][0]["contents_ok"], false, "{report}");
-    assert_eq!(report[0]["artifacts"][1]["contents_ok"], true, "{report}");
-    let to = s.fx.path("restore-bad-trailer");
-    let out = s.restore(bad_trailer, &to, &[]);
-    assert_exit(&out, 3, "restore of a snapshot with a bad trailer");
-    assert_says(
-        &out,
-        "restore bad trailer",
-        &[&snapshot_key(bad_trailer), "hash trailer"],
-    );
-    assert_nothing_restored(&to, "restore bad trailer");
+    s.forge(bad_trailer, "snapshot", &plain);
+    s.assert_only_contents_tell(bad_trailer, "snapshot", "bad trailer", "hash trailer", true);
 
     // A static archive that is not a tar, digests rewritten to match: the tar check tells.
     let not_tar = &ids[8];
     let garbage = s.fx.path("not-a-tar");
     write_pseudo_random(&garbage, 4096, 7);
-    encrypt_with_stock_tools(&garbage, &s.fx.static_recipient, &static_obj(not_tar));
-    let manifest_path = s.backup_dir(not_tar).join("manifest.json");
-    set_digest(&manifest_path, "static_resources", "plaintext", &garbage);
-    set_digest(
-        &manifest_path,
+    s.forge(not_tar, "static_resources", &garbage);
+    // Only verify reads the archive as a tar, so restore is not asked here.
+    s.assert_only_contents_tell(
+        not_tar,
         "static_resources",
-        "stored",
-        &static_obj(not_tar),
-    );
-    assert_exit(
-        &s.verify(not_tar, false, &[]),
-        0,
-        "not a tar, stored bytes only",
-    );
-    let out = s.verify(not_tar, true, &["--json"]);
-    assert_exit(&out, 3, "not a tar with identities");
-    assert_says(
-        &out,
         "not a tar",
-        &[&static_key(not_tar), "tar does not read"],
+        "tar does not read",
+        false,
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report[0]["artifacts"][0]["contents_ok"], true, "{report}");
-    assert_eq!(report[0]["artifacts"][1]["stored_ok"], true, "{report}");
-    assert_eq!(report[0]["artifacts"][1]["contents_ok"], false, "{report}");
 
     // `verify --all --json` reports every backup; only the untouched one is ok.
     let out = run(s
@@ -703,11 +713,7 @@ fn tampered_backups_fail_verify_and_restore_with_exit_3() {
     assert_exit(&out, 3, "verify --latest");
     assert_says(&out, "verify --latest", &[newest, &needle]);
     let to = s.fx.path("restore-latest");
-    let out = run(s
-        .cmd()
-        .args(["restore", "--latest", "--to"])
-        .arg(&to)
-        .args(s.fx.identity_args()));
+    let out = s.restore_latest(&to);
     assert_exit(&out, 3, "restore --latest");
     assert_says(&out, "restore --latest", &[newest, &needle]);
     assert_nothing_restored(&to, "restore --latest");
@@ -811,21 +817,9 @@ fn backup_dir_pair_round_trips_unchanged() {
     let fx = Fixture::new();
     let src = fx.path("assets-backup");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::set_permissions(
-        fx.static_dir.join("secrets/encryption-config"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let make_tarball = |ts: &str| {
-        run_ok(
-            Command::new("tar")
-                .arg("czf")
-                .arg(src.join(format!("static_kuberesources_{ts}.tar.gz")))
-                .arg("-C")
-                .arg(&fx.base_dir)
-                .arg("static-pod-resources/kube-apiserver-pod-7"),
-        );
-    };
+    chmod(&fx.static_dir.join("secrets/encryption-config"), 0o600);
+    let make_tarball =
+        |ts: &str| fx.tar_static(&src, ts, "static-pod-resources/kube-apiserver-pod-7");
     // An older complete pair, the newest complete pair, and a newer lone snapshot.
     etcd.snapshot_save(&src.join("snapshot_2026-11-20_030000.db"));
     make_tarball("2026-11-20_030000");
@@ -837,8 +831,7 @@ fn backup_dir_pair_round_trips_unchanged() {
     etcd.snapshot_save(&src.join("snapshot_2026-11-22_030000.db"));
     let original_tarball = src.join("static_kuberesources_2026-11-21_030000.tar.gz");
 
-    let source = format!("source:\n  backup_dir: {}\n", src.display());
-    let s = Setup::with_source(fx, |_| source, "");
+    let s = Setup::backup_dir_source(fx, &src);
     let manifest = s.backup(&[]);
     let id = id_of(&manifest);
     assert_eq!(manifest["source"]["kind"], "backup_dir", "{manifest}");
@@ -905,16 +898,8 @@ fn corrupt_snapshot_in_backup_dir_is_refused_with_exit_3() {
     etcd.snapshot_save(&snapshot);
     snapshot_restore_check(&snapshot).expect("the saved snapshot is good before we break it");
     flip_byte(&snapshot, file_len(&snapshot) as usize / 2);
-    run_ok(
-        Command::new("tar")
-            .arg("czf")
-            .arg(src.join(format!("static_kuberesources_{ts}.tar.gz")))
-            .arg("-C")
-            .arg(&fx.base_dir)
-            .arg("static-pod-resources"),
-    );
-    let source = format!("source:\n  backup_dir: {}\n", src.display());
-    let s = Setup::with_source(fx, |_| source, "");
+    fx.tar_static(&src, ts, "static-pod-resources");
+    let s = Setup::backup_dir_source(fx, &src);
     let out = run(s.cmd().arg("backup"));
     assert_exit(&out, 3, "backup of a corrupt snapshot");
     assert_says(

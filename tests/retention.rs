@@ -34,6 +34,36 @@ fn config(fx: &Fixture, etcd: &EtcdServer, name: &str, targets: &str, extra: &st
     fx.write_config(name, &fx.etcd_source_for(etcd), targets, extra)
 }
 
+/// Snapshots and keys in two new directories: (snapshot dir, keys dir, `targets:` body).
+fn split_targets(fx: &Fixture) -> (PathBuf, PathBuf, String) {
+    let (snap_dir, snap_url) = fx.file_url("snapshots");
+    let (keys_dir, keys_url) = fx.file_url("keys");
+    let targets = format!(
+        "  snapshot: {{ url: \"{snap_url}\" }}\n  static_resources: {{ url: \"{keys_url}\" }}\n"
+    );
+    (snap_dir, keys_dir, targets)
+}
+
+/// Two configs for `targets` keeping the last `keep_last`: (default incomplete grace, 1 s grace).
+fn grace_configs(
+    fx: &Fixture,
+    etcd: &EtcdServer,
+    targets: &str,
+    keep_last: usize,
+) -> (PathBuf, PathBuf) {
+    let retention = |grace: &str| format!("retention: {{ keep_last: {keep_last}{grace} }}\n");
+    (
+        config(fx, etcd, "c.yaml", targets, &retention("")),
+        config(
+            fx,
+            etcd,
+            "short.yaml",
+            targets,
+            &retention(", incomplete_grace: 1s"),
+        ),
+    )
+}
+
 /// One `backup` (with `--no-prune` unless `prune`); returns the id (last line of stdout).
 fn backup(fx: &Fixture, config: &Path, prune: bool) -> String {
     let mut cmd = fx.cmd(config);
@@ -166,15 +196,7 @@ fn decisions(report: &Value) -> Vec<(String, String)> {
 fn dir_target_prune_follows_the_policy_and_dry_run_deletes_nothing() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
-    let config = config(
-        &fx,
-        &etcd,
-        "c.yaml",
-        &targets,
-        "retention: { keep_last: 2 }\n",
-    );
+    let (dir, config) = fx.dir_config(&etcd, "retention: { keep_last: 2 }\n");
     let ids = backups(&fx, &config, 6);
     let mut newest_first = ids.clone();
     newest_first.reverse();
@@ -279,11 +301,7 @@ fn dir_target_prune_follows_the_policy_and_dry_run_deletes_nothing() {
 fn split_targets_lose_both_halves_of_each_pruned_backup() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (snap_dir, snap_url) = fx.file_url("snapshots");
-    let (keys_dir, keys_url) = fx.file_url("keys");
-    let targets = format!(
-        "  snapshot: {{ url: \"{snap_url}\" }}\n  static_resources: {{ url: \"{keys_url}\" }}\n"
-    );
+    let (snap_dir, keys_dir, targets) = split_targets(&fx);
     let config = config(
         &fx,
         &etcd,
@@ -323,15 +341,7 @@ fn split_targets_lose_both_halves_of_each_pruned_backup() {
 fn backup_prunes_afterwards_unless_told_not_to() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
-    let config = config(
-        &fx,
-        &etcd,
-        "c.yaml",
-        &targets,
-        "retention: { keep_last: 2 }\n",
-    );
+    let (dir, config) = fx.dir_config(&etcd, "retention: { keep_last: 2 }\n");
     let ids = backups(&fx, &config, 3);
     assert_eq!(complete_ids(&fx, &config).len(), 3);
     // --no-prune: the count grows past the policy.
@@ -350,7 +360,8 @@ fn backup_prunes_afterwards_unless_told_not_to() {
     for id in &ids {
         assert!(!dir.join("test").join(id).exists(), "{id} pruned");
     }
-    // Without a retention policy, backup never prunes.
+    // Without a retention policy, backup never prunes (same directory target).
+    let targets = format!("  snapshot: {{ url: \"file://{}\" }}\n", dir.display());
     let no_policy = self::config(&fx, &etcd, "none.yaml", &targets, "");
     for _ in 0..2 {
         backup(&fx, &no_policy, true);
@@ -368,26 +379,9 @@ fn backup_prunes_afterwards_unless_told_not_to() {
 fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_period() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (snap_dir, snap_url) = fx.file_url("snapshots");
-    let (keys_dir, keys_url) = fx.file_url("keys");
-    let targets = format!(
-        "  snapshot: {{ url: \"{snap_url}\" }}\n  static_resources: {{ url: \"{keys_url}\" }}\n"
-    );
+    let (snap_dir, keys_dir, targets) = split_targets(&fx);
     // keep_last is generous: only the incomplete directories are prune's business here.
-    let default_grace = config(
-        &fx,
-        &etcd,
-        "c.yaml",
-        &targets,
-        "retention: { keep_last: 10 }\n",
-    );
-    let short_grace = config(
-        &fx,
-        &etcd,
-        "short.yaml",
-        &targets,
-        "retention: { keep_last: 10, incomplete_grace: 1s }\n",
-    );
+    let (default_grace, short_grace) = grace_configs(&fx, &etcd, &targets, 10);
     let ids = backups(&fx, &default_grace, 4);
     // What an interrupted prune leaves: after the first delete (the snapshot-side manifest)…
     let first_step = &ids[1];
@@ -542,15 +536,7 @@ fn probe_refuses_unlink(probe: &Path) -> bool {
 fn a_refused_delete_leaves_that_backup_whole_and_prune_goes_on() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
-    let config = config(
-        &fx,
-        &etcd,
-        "c.yaml",
-        &targets,
-        "retention: { keep_last: 1 }\n",
-    );
+    let (dir, config) = fx.dir_config(&etcd, "retention: { keep_last: 1 }\n");
     let ids = backups(&fx, &config, 4);
     let locked_id = &ids[1];
     let locked_dir = dir.join("test").join(locked_id);
@@ -574,9 +560,7 @@ fn a_refused_delete_leaves_that_backup_whole_and_prune_goes_on() {
     let out = run_code(fx.cmd(&config).arg("prune"), 1);
     let text = stdout_str(&out);
     let line = line_about(&text, locked_id);
-    assert!(line.starts_with("NOT deleted "), "{line}");
-    assert!(line.contains("denied"), "{line}");
-    assert!(line.contains("the backup is left whole"), "{line}");
+    assert_refused_whole(line);
     assert!(
         line.contains("manifest.json"),
         "the refused object is named: {line}"
@@ -604,16 +588,7 @@ fn a_refused_delete_leaves_that_backup_whole_and_prune_goes_on() {
 
     // The JSON report says the same, and the exit code stays 1 while the lock holds.
     let report = prune_json(&fx, &config, &[], 1);
-    let d = report["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == locked_id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(d["action"], "failed", "{d}");
-    assert_eq!(d["error"]["kind"], "denied", "{d}");
-    assert_eq!(d["error"]["backup_left_whole"], true, "{d}");
+    assert_denied(&decision(&report, locked_id), true);
     assert_eq!(report["failures"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(files(&dir), expected);
 
@@ -631,10 +606,7 @@ fn a_refused_delete_leaves_that_backup_whole_and_prune_goes_on() {
 fn refused_single_objects_never_leave_a_listed_half_backup() {
     let etcd = tiny_etcd();
     let fx = Fixture::new();
-    let (dir, url) = fx.file_url("backups");
-    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
-    let extra = "retention: { keep_last: 1, incomplete_grace: 1s }\n";
-    let config = config(&fx, &etcd, "c.yaml", &targets, extra);
+    let (dir, config) = fx.dir_config(&etcd, "retention: { keep_last: 1, incomplete_grace: 1s }\n");
     let ids = backups(&fx, &config, 3);
     let (half, whole, newest) = (&ids[0], &ids[1], &ids[2]);
     // Only the snapshot object of `half` refuses deletion: its manifest goes, the snapshot stays.
@@ -647,37 +619,18 @@ fn refused_single_objects_never_leave_a_listed_half_backup() {
     );
 
     let report = prune_json(&fx, &config, &[], 1);
-    let by_id = |id: &str| {
-        report["decisions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["id"] == id)
-            .unwrap()
-            .clone()
-    };
-    let d = by_id(whole);
-    assert_eq!(d["action"], "failed", "{d}");
-    assert_eq!(d["error"]["kind"], "denied", "{d}");
-    assert_eq!(d["error"]["backup_left_whole"], true, "{d}");
-    assert!(
-        d["error"]["key"]
-            .as_str()
-            .unwrap()
-            .ends_with("manifest.json"),
-        "{d}"
-    );
-    let d = by_id(half);
-    assert_eq!(d["action"], "failed", "{d}");
-    assert_eq!(d["error"]["kind"], "denied", "{d}");
-    assert_eq!(d["error"]["backup_left_whole"], false, "{d}");
-    assert!(
-        d["error"]["key"]
-            .as_str()
-            .unwrap()
-            .ends_with("snapshot.db.zst.age"),
-        "{d}"
-    );
+    // (backup, left whole, the refused object)
+    for (id, left_whole, refused) in [
+        (whole, true, "manifest.json"),
+        (half, false, "snapshot.db.zst.age"),
+    ] {
+        let d = decision(&report, id);
+        assert_denied(&d, left_whole);
+        assert!(
+            d["error"]["key"].as_str().unwrap().ends_with(refused),
+            "{d}"
+        );
+    }
     assert_eq!(report["failures"].as_array().unwrap().len(), 2, "{report}");
     assert!(
         !dir.join("test").join(half).join("manifest.json").exists(),
@@ -693,14 +646,7 @@ fn refused_single_objects_never_leave_a_listed_half_backup() {
         complete_ids(&fx, &config),
         vec![newest.clone(), whole.clone()]
     );
-    assert!(
-        list_json(&fx, &config)
-            .iter()
-            .filter(|b| b["id"] == half.as_str())
-            .all(|b| b["complete"] == false)
-    );
-    let out = run_ok(fx.cmd(&config).args(["verify", "--all"]));
-    assert!(!mentions(&stdout_str(&out), half), "{}", stdout_str(&out));
+    assert_half_hidden(&fx, &config, half);
 
     // Lifted: `whole` is deleted and the leftover of `half` (quiet for longer than the
     // 1 s grace) is collected.
@@ -708,10 +654,52 @@ fn refused_single_objects_never_leave_a_listed_half_backup() {
     drop(manifest_lock);
     std::thread::sleep(Duration::from_secs(2));
     let report = prune_json(&fx, &config, &[], 0);
-    assert_eq!(report["leftovers"][0]["id"], half.as_str(), "{report}");
-    assert_eq!(report["leftovers"][0]["action"], "removed", "{report}");
+    assert_leftover_removed(&report, half);
     assert_eq!(by_id_action(&report, whole), "deleted");
     assert_eq!(files(&dir), backup_keys("test/", &[newest], &ARTIFACTS));
+}
+
+/// The JSON report's decision about `id`.
+fn decision(report: &Value, id: &str) -> Value {
+    report["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("no decision about {id}: {report}"))
+        .clone()
+}
+
+/// A decision whose delete the store refused, with whether the backup was left whole.
+fn assert_denied(d: &Value, left_whole: bool) {
+    assert_eq!(d["action"], "failed", "{d}");
+    assert_eq!(d["error"]["kind"], "denied", "{d}");
+    assert_eq!(d["error"]["backup_left_whole"], left_whole, "{d}");
+}
+
+/// The `prune` text line about a backup whose delete was refused and that stayed whole.
+fn assert_refused_whole(line: &str) {
+    assert!(line.starts_with("NOT deleted "), "{line}");
+    assert!(line.contains("denied"), "{line}");
+    assert!(line.contains("the backup is left whole"), "{line}");
+}
+
+/// A half-deleted backup `half` is never listed as complete and `verify --all` ignores it.
+fn assert_half_hidden(fx: &Fixture, config: &Path, half: &str) {
+    assert!(
+        list_json(fx, config)
+            .iter()
+            .filter(|b| b["id"] == half)
+            .all(|b| b["complete"] == false)
+    );
+    let out = run_ok(fx.cmd(config).args(["verify", "--all"]));
+    assert!(!mentions(&stdout_str(&out), half), "{}", stdout_str(&out));
+}
+
+/// The report's first leftover is `half`, removed.
+fn assert_leftover_removed(report: &Value, half: &str) {
+    assert_eq!(report["leftovers"][0]["id"], half, "{report}");
+    assert_eq!(report["leftovers"][0]["action"], "removed", "{report}");
 }
 
 fn by_id_action(report: &Value, id: &str) -> String {
@@ -729,20 +717,7 @@ fn s3_prune_follows_the_policy_and_collects_half_deleted_backups() {
     moto.create_bucket("etcd");
     let fx = Fixture::new();
     let targets = format!("  snapshot: {}\n", s3_target(&moto, "etcd", "offsite"));
-    let config = config(
-        &fx,
-        &etcd,
-        "c.yaml",
-        &targets,
-        "retention: { keep_last: 2 }\n",
-    );
-    let short_grace = self::config(
-        &fx,
-        &etcd,
-        "short.yaml",
-        &targets,
-        "retention: { keep_last: 2, incomplete_grace: 1s }\n",
-    );
+    let (config, short_grace) = grace_configs(&fx, &etcd, &targets, 2);
     let ids = backups(&fx, &config, 5);
     let mut newest_first = ids.clone();
     newest_first.reverse();
@@ -777,14 +752,7 @@ fn s3_prune_follows_the_policy_and_collects_half_deleted_backups() {
     let half = &newest_first[1];
     moto.delete_object("etcd", &format!("offsite/test/{half}/manifest.json"));
     assert_eq!(complete_ids(&fx, &config), vec![newest_first[0].clone()]);
-    assert!(
-        list_json(&fx, &config)
-            .iter()
-            .filter(|b| b["id"] == half.as_str())
-            .all(|b| b["complete"] == false)
-    );
-    let out = run_ok(fx.cmd(&config).args(["verify", "--all"]));
-    assert!(!mentions(&stdout_str(&out), half), "{}", stdout_str(&out));
+    assert_half_hidden(&fx, &config, half);
     // Within the default grace it stays…
     let report = prune_json(&fx, &config, &[], 0);
     assert_eq!(report["leftovers"][0]["action"], "waiting", "{report}");
@@ -798,8 +766,7 @@ fn s3_prune_follows_the_policy_and_collects_half_deleted_backups() {
     // …after a passed 1 s grace it goes.
     std::thread::sleep(Duration::from_secs(2));
     let report = prune_json(&fx, &short_grace, &[], 0);
-    assert_eq!(report["leftovers"][0]["id"], half.as_str(), "{report}");
-    assert_eq!(report["leftovers"][0]["action"], "removed", "{report}");
+    assert_leftover_removed(&report, half);
     assert_eq!(
         keys(),
         backup_keys("offsite/test/", &[&newest_first[0]], &ARTIFACTS)
@@ -938,9 +905,7 @@ fn s3_access_denied_on_delete_leaves_that_backup_whole() {
     assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
     let text = stdout_str(&out);
     let line = line_about(&text, locked_id);
-    assert!(line.starts_with("NOT deleted "), "{line}");
-    assert!(line.contains("denied"), "{line}");
-    assert!(line.contains("the backup is left whole"), "{line}");
+    assert_refused_whole(line);
     assert!(line_about(&text, &ids[0]).starts_with("deleted "), "{text}");
     assert!(line_about(&text, &ids[2]).starts_with("keep "), "{text}");
 

@@ -127,6 +127,19 @@ impl Fixture {
         (dir, config)
     }
 
+    /// `tar czf SRC/static_kuberesources_<ts>.tar.gz -C <base_dir> MEMBER`, as
+    /// `cluster-backup.sh` writes it.
+    pub fn tar_static(&self, src: &Path, ts: &str, member: &str) {
+        super::run_ok(
+            Command::new("tar")
+                .arg("czf")
+                .arg(src.join(format!("static_kuberesources_{ts}.tar.gz")))
+                .arg("-C")
+                .arg(&self.base_dir)
+                .arg(member),
+        );
+    }
+
     /// Both identity files as `--identity` arguments.
     pub fn identity_args(&self) -> Vec<String> {
         vec![

@@ -363,6 +363,42 @@ fn start_script(
     unreachable!()
 }
 
+/// Starts a server on a free port and waits until that port is open; retries on port
+/// clashes. `package` names what to install when it exits during startup.
+fn start_listener(
+    name: &str,
+    log: &Path,
+    package: &str,
+    make: impl Fn(u16) -> Command,
+) -> (Service, u16) {
+    for attempt in 1..=3 {
+        let port = free_port();
+        let mut svc = Service::spawn(name, make(port), log);
+        let start = Instant::now();
+        loop {
+            if svc.try_exited().is_some() {
+                if attempt < 3 && log_mentions_port_clash(log) {
+                    break;
+                }
+                svc.fail(&format!(
+                    "exited during startup (is {package} installed? run scripts/setup.sh)"
+                ));
+            }
+            if port_open(port) {
+                return (svc, port);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                svc.fail("port not open after 30 s");
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+    panic!(
+        "{name}: could not start after 3 attempts; log:\n{}",
+        tail(log, 40)
+    );
+}
+
 // ------------------------------------------------------------------ minimal HTTP client
 
 /// A response from [`http`].
@@ -850,12 +886,8 @@ impl EtcdServer {
         tail(&self.dir.path().join("etcd.log"), lines)
     }
 
-    /// `etcdctl` with ETCDCTL_API=3, --endpoints and (for TLS) --cacert/--cert/--key.
-    pub fn etcdctl(&self) -> Command {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint());
+    /// For a TLS server: `--cacert`, `--cert` and `--key` (etcdctl's and etcd_load.py's flags).
+    fn tls_args(&self, c: &mut Command) {
         if let Some(t) = &self.tls {
             c.arg("--cacert")
                 .arg(&t.ca)
@@ -864,6 +896,15 @@ impl EtcdServer {
                 .arg("--key")
                 .arg(&t.client_key);
         }
+    }
+
+    /// `etcdctl` with ETCDCTL_API=3, --endpoints and (for TLS) --cacert/--cert/--key.
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint());
+        self.tls_args(&mut c);
         c
     }
 
@@ -887,14 +928,7 @@ impl EtcdServer {
             .arg(prefix)
             .arg("--seed")
             .arg(seed.to_string());
-        if let Some(t) = &self.tls {
-            c.arg("--cacert")
-                .arg(&t.ca)
-                .arg("--cert")
-                .arg(&t.client_cert)
-                .arg("--key")
-                .arg(&t.client_key);
-        }
+        self.tls_args(&mut c);
         let out = run(&mut c);
         if !out.status.success() {
             panic!(
@@ -1049,8 +1083,7 @@ impl Moto {
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("moto.log");
-        for attempt in 1..=3 {
-            let port = free_port();
+        let (svc, port) = start_listener("moto", &log, "moto[server]", |port| {
             let mut cmd = Command::new("python3");
             cmd.args([
                 "-m",
@@ -1060,30 +1093,9 @@ impl Moto {
                 "-p",
                 &port.to_string(),
             ]);
-            let mut svc = Service::spawn("moto", cmd, &log);
-            let start = Instant::now();
-            loop {
-                if svc.try_exited().is_some() {
-                    if attempt < 3 && log_mentions_port_clash(&log) {
-                        break;
-                    }
-                    svc.fail(
-                        "exited during startup (is moto[server] installed? run scripts/setup.sh)",
-                    );
-                }
-                if port_open(port) {
-                    return Moto { svc, port, dir };
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    svc.fail("port not open after 30 s");
-                }
-                sleep(Duration::from_millis(100));
-            }
-        }
-        panic!(
-            "moto: could not start after 3 attempts; log:\n{}",
-            tail(&log, 40)
-        );
+            cmd
+        });
+        Moto { svc, port, dir }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -1179,15 +1191,24 @@ impl Moto {
             r.text()
         );
     }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.svc.log_tail(lines)
-    }
-
-    pub fn kill(&mut self) {
-        self.svc.kill();
-    }
 }
+
+/// `log_tail` and `kill` of helpers that run as one [`Service`] in their `svc` field.
+macro_rules! service_controls {
+    ($($helper:ty),+) => {$(
+        impl $helper {
+            pub fn log_tail(&self, lines: usize) -> String {
+                self.svc.log_tail(lines)
+            }
+
+            pub fn kill(&mut self) {
+                self.svc.kill();
+            }
+        }
+    )+};
+}
+
+service_controls!(Moto, GcsFront, Azurite, CountingProxy);
 
 // ------------------------------------------------------------------ GCS front
 
@@ -1242,15 +1263,7 @@ impl GcsFront {
     /// `gcs_base_url` = this front, and returns its path
     /// (for `google_service_account` / `service_account_path`).
     pub fn write_service_account(&self, path: &Path) -> PathBuf {
-        let json = serde_json::json!({
-            "type": "service_account",
-            "private_key": "unused",
-            "private_key_id": "unused",
-            "client_email": "test@example.invalid",
-            "disable_oauth": true,
-            "gcs_base_url": self.endpoint(),
-        });
-        fs::write(path, serde_json::to_vec_pretty(&json).unwrap()).expect("write service account");
+        write_gcs_service_account(path, &self.endpoint());
         path.to_path_buf()
     }
 
@@ -1260,14 +1273,19 @@ impl GcsFront {
             .map(|s| s.lines().map(str::to_string).collect())
             .unwrap_or_default()
     }
+}
 
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.svc.log_tail(lines)
-    }
-
-    pub fn kill(&mut self) {
-        self.svc.kill();
-    }
+/// Writes a GCS service-account JSON with `disable_oauth: true` and `gcs_base_url`.
+pub fn write_gcs_service_account(path: &Path, gcs_base_url: &str) {
+    let json = serde_json::json!({
+        "type": "service_account",
+        "private_key": "unused",
+        "private_key_id": "unused",
+        "client_email": "test@example.invalid",
+        "disable_oauth": true,
+        "gcs_base_url": gcs_base_url,
+    });
+    fs::write(path, serde_json::to_vec_pretty(&json).unwrap()).expect("write service account");
 }
 
 // ------------------------------------------------------------------ Azurite
@@ -1293,8 +1311,7 @@ impl Azurite {
         let log = dir.path().join("azurite.log");
         let data = dir.path().join("data");
         fs::create_dir_all(&data).unwrap();
-        for attempt in 1..=3 {
-            let port = free_port();
+        let (svc, port) = start_listener("azurite", &log, "azurite", |port| {
             let mut cmd = Command::new("azurite-blob");
             cmd.arg("--blobHost")
                 .arg("127.0.0.1")
@@ -1303,28 +1320,9 @@ impl Azurite {
                 .arg("--location")
                 .arg(&data)
                 .args(["--silent", "--skipApiVersionCheck", "--loose"]);
-            let mut svc = Service::spawn("azurite", cmd, &log);
-            let start = Instant::now();
-            loop {
-                if svc.try_exited().is_some() {
-                    if attempt < 3 && log_mentions_port_clash(&log) {
-                        break;
-                    }
-                    svc.fail("exited during startup (is azurite installed? run scripts/setup.sh)");
-                }
-                if port_open(port) {
-                    return Azurite { svc, port, dir };
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    svc.fail("port not open after 30 s");
-                }
-                sleep(Duration::from_millis(100));
-            }
-        }
-        panic!(
-            "azurite: could not start after 3 attempts; log:\n{}",
-            tail(&log, 40)
-        );
+            cmd
+        });
+        Azurite { svc, port, dir }
     }
 
     /// `http://127.0.0.1:PORT/devstoreaccount1` (AZURITE_BLOB_STORAGE_URL /
@@ -1411,14 +1409,6 @@ impl Azurite {
             data,
         );
     }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.svc.log_tail(lines)
-    }
-
-    pub fn kill(&mut self) {
-        self.svc.kill();
-    }
 }
 
 // ------------------------------------------------------------------ counting proxy
@@ -1467,14 +1457,6 @@ impl CountingProxy {
         fs::read_to_string(&self.log)
             .map(|s| s.lines().map(str::to_string).collect())
             .unwrap_or_default()
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.svc.log_tail(lines)
-    }
-
-    pub fn kill(&mut self) {
-        self.svc.kill();
     }
 }
 
