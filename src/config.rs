@@ -766,7 +766,7 @@ mod tests {
 
     #[test]
     fn overlapping_recipients_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch_dir();
         let text = config(
             &format!(
                 "  static_resources:\n    base_dir: {0}\n    paths: [\"{0}\"]\n",

@@ -15,6 +15,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// A scratch directory for unit tests; the program itself never writes temporary files.
+#[cfg(test)]
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a scratch directory for a test")
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_format, cli.verbose, cli.quiet);

@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn newest_complete_pair_wins() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch_dir();
         for f in [
             "snapshot_2026-11-20_030000.db",
             "static_kuberesources_2026-11-20_030000.tar.gz",
@@ -78,7 +78,7 @@ mod tests {
         }
         let pair = newest_pair(dir.path()).unwrap();
         assert_eq!(pair.timestamp, "2026-11-21_030000");
-        let empty = tempfile::tempdir().unwrap();
+        let empty = crate::scratch_dir();
         assert!(newest_pair(empty.path()).is_err());
     }
 }

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn openshift_discovery_takes_the_newest_revision() {
-        let base = tempfile::tempdir().unwrap();
+        let base = crate::scratch_dir();
         let root = base.path().join("static-pod-resources");
         for dir in [
             "kube-apiserver-pod-9",
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn tar_members_are_relative_with_modes() {
         use std::os::unix::fs::PermissionsExt;
-        let base = tempfile::tempdir().unwrap();
+        let base = crate::scratch_dir();
         let dir = base
             .path()
             .join("static-pod-resources/kube-apiserver-pod-1/secrets");

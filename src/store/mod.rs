@@ -405,7 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn file_target_round_trip_and_create_only() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch_dir();
         let url = Url::from_directory_path(dir.path()).unwrap().to_string();
         let target = Target::open(&TargetConfig {
             url,

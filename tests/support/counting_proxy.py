@@ -26,7 +26,7 @@ import sys
 import threading
 import urllib.parse
 
-CHUNK = 256 * 1024
+from httpbody import CHUNK, request_body
 ALLOWED_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -115,28 +115,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- absolute URI
     def _body_iter(self):
         """-> (content_length or None for chunked, iterator of raw chunks)"""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            def gen():
-                while True:
-                    line = self.rfile.readline()
-                    size = int(line.strip().split(b";")[0], 16)
-                    if size == 0:
-                        while self.rfile.readline().strip():
-                            pass
-                        return
-                    yield self.rfile.read(size)
-                    self.rfile.readline()
-            return None, gen()
-        n = int(self.headers.get("Content-Length") or 0)
-
-        def gen(remaining=n):
-            while remaining > 0:
-                c = self.rfile.read(min(CHUNK, remaining))
-                if not c:
-                    raise ConnectionError("client closed mid-body")
-                remaining -= len(c)
-                yield c
-        return n, gen()
+        return request_body(self)
 
     def _forward(self):
         target = self.path

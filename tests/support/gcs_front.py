@@ -47,7 +47,7 @@ import sys
 import threading
 import urllib.parse
 
-CHUNK = 256 * 1024
+from httpbody import CHUNK, request_body
 FAKE_AUTH = (
     "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, "
     "SignedHeaders=host, Signature=00"
@@ -153,31 +153,12 @@ class Front(http.server.BaseHTTPRequestHandler):
         return out
 
     def _read_request_body_iter(self):
-        """Yields the request body in chunks; returns (length or None, iterator)."""
-        te = self.headers.get("Transfer-Encoding", "").lower()
-        if "chunked" in te:
-            data = bytearray()
-            while True:
-                line = self.rfile.readline().strip()
-                size = int(line.split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline().strip():
-                        pass  # trailers
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-            return len(data), iter([bytes(data)]) if data else iter([])
-        n = int(self.headers.get("Content-Length") or 0)
-
-        def gen(remaining=n):
-            while remaining > 0:
-                chunk = self.rfile.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise ConnectionError("client closed the connection mid-body")
-                remaining -= len(chunk)
-                yield chunk
-
-        return n, gen()
+        """Returns (length, iterator of body chunks); a chunked body is buffered for its length."""
+        n, it = request_body(self)
+        if n is None:
+            data = b"".join(it)
+            return len(data), iter([data]) if data else iter([])
+        return n, it
 
     def _drain_body(self):
         n, it = self._read_request_body_iter()
