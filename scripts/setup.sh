@@ -3,8 +3,9 @@
 # Idempotent and non-interactive (works with CI=true and no stdin); quiet when
 # everything is already present. Run as root, or as a user with sudo.
 #
-#   apt : etcd-server etcd-client age zstd protobuf-compiler curl openssl
-#         build-essential time   (+ nodejs npm only if npm itself is missing)
+#   apt : etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev
+#         curl openssl build-essential time openssh-client
+#         (+ nodejs npm only if npm itself is missing)
 #   pip : moto[server] azure-storage-blob
 #   npm : azurite@3 (global; provides azurite-blob)
 #   cargo must already exist (rustup toolchain); we fail clearly if it does not.
@@ -24,7 +25,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- apt
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler curl openssl build-essential time)
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -55,9 +56,25 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
+
+# Files, not only binaries: etcd-client's build.rs runs protoc on etcd's .proto
+# files, which import the well-known types. Without libprotobuf-dev protoc fails
+# with "google/protobuf/descriptor.proto: File not found" deep inside cargo build.
+PROTO_INCLUDE="$(dirname "$(dirname "$(readlink -f "$(command -v protoc)")")")/include"
+for f in google/protobuf/descriptor.proto google/protobuf/empty.proto google/protobuf/any.proto; do
+    if [ ! -f "/usr/include/$f" ] && [ ! -f "$PROTO_INCLUDE/$f" ] \
+        && [ ! -f "${PROTOC_INCLUDE:-/nonexistent}/$f" ]; then
+        die "protoc's well-known type $f is missing (looked in /usr/include and $PROTO_INCLUDE); install libprotobuf-dev"
+    fi
+done
+echo 'syntax = "proto3"; import "google/protobuf/descriptor.proto"; message P { google.protobuf.FileDescriptorProto f = 1; }' \
+    > "${TMPDIR:-/tmp}/etcd-offsite-setup-probe.proto"
+protoc -I"${TMPDIR:-/tmp}" --descriptor_set_out=/dev/null "${TMPDIR:-/tmp}/etcd-offsite-setup-probe.proto" \
+    || die "protoc cannot compile a file that imports google/protobuf/descriptor.proto; install libprotobuf-dev"
+rm -f "${TMPDIR:-/tmp}/etcd-offsite-setup-probe.proto"
 
 # ---------------------------------------------------------------- python
 if ! command -v python3 >/dev/null 2>&1; then
