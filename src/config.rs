@@ -30,14 +30,36 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum SnapshotSource {
     Etcd(EtcdSource),
-    /// The newest pair that `cluster-backup.sh` wrote into this directory.
-    BackupDir(PathBuf),
+    /// The newest pair that OpenShift's own backups wrote into this directory.
+    BackupDir {
+        dir: PathBuf,
+        /// When configured, the platform version is read from this etcd (if reachable).
+        etcd: Option<EtcdSource>,
+    },
+}
+
+impl SnapshotSource {
+    /// The etcd connection, whether the snapshot comes from it or only cluster facts do.
+    pub fn etcd(&self) -> Option<&EtcdSource> {
+        match self {
+            Self::Etcd(etcd) => Some(etcd),
+            Self::BackupDir { etcd, .. } => etcd.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSource {
+    /// Client URLs; with `discover: openshift` the default is `https://localhost:2379`.
+    #[serde(default)]
     pub endpoints: Vec<String>,
+    /// `openshift`: find cacert, cert and key in the host (or pod) layout instead of naming them.
+    pub discover: Option<EtcdDiscovery>,
+    /// With `discover: openshift`: the host's /etc/kubernetes.
+    pub base_dir: Option<PathBuf>,
+    /// With `discover: openshift`: whose etcd-peer certificate to use (default: the host name).
+    pub node_name: Option<String>,
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -50,6 +72,15 @@ pub struct EtcdSource {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Ways to find the etcd client certificate without naming files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EtcdDiscovery {
+    /// The `etcd-client` Secret as the backup Job mounts it, else the host or pod layout of
+    /// the etcd certificates (4.8 and older, 4.9–4.16, 4.17 and later).
+    Openshift,
 }
 
 /// Directories archived into the static resources tarball.
@@ -269,7 +300,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
 
     let source = match (raw.source.etcd, raw.source.backup_dir) {
         (Some(etcd), None) => SnapshotSource::Etcd(validate_etcd(etcd, check_files)?),
-        (None, Some(dir)) => {
+        (etcd, Some(dir)) => {
             if check_files && !dir.is_dir() {
                 return Err(ConfigError::new(
                     "source.backup_dir",
@@ -279,13 +310,9 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
-            SnapshotSource::BackupDir(dir)
-        }
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                "source",
-                "both `etcd` and `backup_dir` are set; keep exactly one",
-            ));
+            // With both, the files are shipped and etcd only tells the platform version.
+            let etcd = etcd.map(|e| validate_etcd(e, check_files)).transpose()?;
+            SnapshotSource::BackupDir { dir, etcd }
         }
         (None, None) => {
             return Err(ConfigError::new(
@@ -296,7 +323,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
     };
 
     let static_resources = match (&source, raw.source.static_resources) {
-        (SnapshotSource::BackupDir(_), Some(_)) => {
+        (SnapshotSource::BackupDir { .. }, Some(_)) => {
             return Err(ConfigError::new(
                 "source.static_resources",
                 "not used with `source.backup_dir`: the static resources come from the directory's static_kuberesources_*.tar.gz; remove this key",
@@ -305,7 +332,8 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         (_, Some(s)) => Some(validate_static(s, check_files)?),
         (_, None) => None,
     };
-    let has_static = static_resources.is_some() || matches!(source, SnapshotSource::BackupDir(_));
+    let has_static =
+        static_resources.is_some() || matches!(source, SnapshotSource::BackupDir { .. });
 
     if raw.compression.level < 1 || raw.compression.level > 19 {
         return Err(ConfigError::new(
@@ -432,7 +460,24 @@ fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn validate_etcd(etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, ConfigError> {
+fn validate_etcd(mut etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, ConfigError> {
+    match etcd.discover {
+        Some(EtcdDiscovery::Openshift) => discover_tls(&mut etcd, check_files)?,
+        None => {
+            if let Some(key) = [
+                ("base_dir", etcd.base_dir.is_some()),
+                ("node_name", etcd.node_name.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(k))
+            {
+                return Err(ConfigError::new(
+                    format!("source.etcd.{key}"),
+                    "only used with `discover: openshift`; add that or remove this key",
+                ));
+            }
+        }
+    }
     if etcd.endpoints.is_empty() {
         return Err(ConfigError::new(
             "source.etcd.endpoints",
@@ -449,7 +494,7 @@ fn validate_etcd(etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, Conf
         })?;
         match url.scheme() {
             "http" => {}
-            "https" if etcd.cacert.is_some() => {}
+            "https" if etcd.cacert.is_some() || etcd.discover.is_some() => {}
             "https" => {
                 return Err(ConfigError::new(
                     "source.etcd.cacert",
@@ -505,6 +550,47 @@ fn validate_etcd(etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, Conf
     Ok(etcd)
 }
 
+/// `discover: openshift`: the TLS files from the host (or pod) layout, endpoints defaulting
+/// to the local member. A host that only reads backups needs none of them.
+fn discover_tls(etcd: &mut EtcdSource, check_files: bool) -> Result<(), ConfigError> {
+    if let Some(key) = [
+        ("cacert", etcd.cacert.is_some()),
+        ("cert", etcd.cert.is_some()),
+        ("key", etcd.key.is_some()),
+    ]
+    .iter()
+    .find_map(|(k, set)| set.then_some(k))
+    {
+        return Err(ConfigError::new(
+            format!("source.etcd.{key}"),
+            "set together with `discover: openshift`; name the files or let discovery find them, not both",
+        ));
+    }
+    if etcd.endpoints.is_empty() {
+        // The serving certificates name localhost; the Job and etcd's own probes use it.
+        etcd.endpoints = vec!["https://localhost:2379".into()];
+    }
+    if !check_files {
+        return Ok(());
+    }
+    let base_dir = etcd
+        .base_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(OPENSHIFT_BASE_DIR));
+    let node = etcd
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::store::lock::hostname);
+    let found =
+        crate::source::openshift_tls::discover(&base_dir, Path::new(OPENSHIFT_RUN_DIR), &node)
+            .map_err(|problem| ConfigError::new("source.etcd.discover", problem))?;
+    tracing::debug!(layout = %found.layout, cert = %found.cert.display(), "etcd client certificate discovered");
+    etcd.cacert = Some(found.cacert);
+    etcd.cert = Some(found.cert);
+    etcd.key = Some(found.key);
+    Ok(())
+}
+
 fn readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     std::fs::File::open(path).map(drop).map_err(|e| {
         ConfigError::new(
@@ -518,6 +604,8 @@ fn readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 const OPENSHIFT_BASE_DIR: &str = "/etc/kubernetes";
+/// Where the backup Job mounts the etcd-client Secret and the etcd-ca-bundle ConfigMap.
+const OPENSHIFT_RUN_DIR: &str = "/var/run";
 
 fn validate_static(
     raw: RawStaticResources,

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Manifest format version; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// cluster-backup.sh's mark on a pair taken with `--force` past its guards.
+pub const DIRTY_SUFFIX: &str = "__POSSIBLY_DIRTY__";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -21,9 +24,30 @@ pub struct Manifest {
     pub host: String,
     pub source: SourceInfo,
     pub platform_version: Option<String>,
+    /// Set when the backup was taken while the platform was upgrading (ClusterVersion's
+    /// newest history entry not Completed): it belongs to neither release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeInfo>,
+    /// Taken past a guard (`--force` while operators were progressing, or a
+    /// `__POSSIBLY_DIRTY__` pair from cluster-backup.sh): it may not restore cleanly.
+    #[serde(default)]
+    pub dirty: bool,
+    /// Why the backup is dirty, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirty_reasons: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub artifacts: Artifacts,
+}
+
+/// An upgrade in progress when the backup was taken (from ClusterVersion `status.history`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeInfo {
+    /// The newest Completed version before the upgrade (None on a cluster still installing).
+    pub from: Option<String>,
+    pub to: String,
+    /// The history entry's state (`Partial`).
+    pub state: String,
 }
 
 /// What the snapshot was taken from.
@@ -114,11 +138,22 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// `<ts>` of restored file names: the pair's own for cluster-backup.sh files, else the start time.
+    /// `<ts>` of restored file names: the pair's own for cluster-backup.sh files (when it
+    /// has that shape: the manifest is untrusted input), else the start time; with
+    /// cluster-backup.sh's `__POSSIBLY_DIRTY__` suffix for a dirty backup.
     pub fn restore_timestamp(&self) -> String {
-        match &self.source {
-            SourceInfo::BackupDir { timestamp, .. } if !timestamp.is_empty() => timestamp.clone(),
+        let ts = match &self.source {
+            SourceInfo::BackupDir { timestamp, .. }
+                if crate::store::layout::parse_restore_timestamp(timestamp).is_some() =>
+            {
+                timestamp.clone()
+            }
             _ => crate::store::layout::restore_timestamp(self.started_at),
+        };
+        if self.dirty {
+            format!("{ts}{DIRTY_SUFFIX}")
+        } else {
+            ts
         }
     }
 

@@ -93,7 +93,7 @@ async fn already_taken(
         ))
         .into());
     }
-    if let (SnapshotSource::BackupDir(dir), SourceInfo::BackupDir { timestamp, .. }) =
+    if let (SnapshotSource::BackupDir { dir, .. }, SourceInfo::BackupDir { timestamp, .. }) =
         (&config.source, &newest.source)
         && let Ok(pair) = backup_dir::newest_pair(dir)
         && pair.timestamp == *timestamp
@@ -133,27 +133,43 @@ enum Prepared {
         member: Box<EtcdMember>,
         facts: ClusterFacts,
     },
-    BackupDir(BackupDirPair),
+    BackupDir {
+        pair: BackupDirPair,
+        facts: ClusterFacts,
+    },
 }
 
 async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow::Result<Manifest> {
+    let mut dirty_reasons = Vec::new();
     let prepared = match &config.source {
         SnapshotSource::Etcd(etcd) => {
             let mut member = first_healthy(etcd, 0).await?.1;
             let facts = member.cluster_facts().await;
+            guard_fresh_cluster(&facts, force)?;
+            if facts.openshift {
+                dirty_reasons = guard_settled_operators(&mut member, force).await?;
+            }
             Prepared::Etcd {
                 member: Box::new(member),
                 facts,
             }
         }
-        SnapshotSource::BackupDir(dir) => Prepared::BackupDir(
-            backup_dir::newest_pair(dir)
-                .with_context(|| format!("source.backup_dir {}", dir.display()))?,
-        ),
+        SnapshotSource::BackupDir { dir, etcd } => {
+            let pair = backup_dir::newest_pair(dir)
+                .with_context(|| format!("source.backup_dir {}", dir.display()))?;
+            if pair.dirty {
+                dirty_reasons.push(format!(
+                    "cluster-backup.sh --force wrote it past its guards ({})",
+                    pair.snapshot.display()
+                ));
+            }
+            let facts = match etcd {
+                Some(etcd) => platform_facts(etcd).await,
+                None => ClusterFacts::default(),
+            };
+            Prepared::BackupDir { pair, facts }
+        }
     };
-    if let Prepared::Etcd { facts, .. } = &prepared {
-        guard_fresh_cluster(facts, force)?;
-    }
 
     let started_at = Utc::now();
     let id = claim_id(&targets.snapshot, &config.cluster, started_at).await?;
@@ -162,7 +178,16 @@ async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow:
         &targets.snapshot,
         format!("{}/{id}/{IN_PROGRESS_OBJECT}", config.cluster),
     )];
-    let result = write_backup(config, targets, &id, started_at, prepared, &mut written).await;
+    let result = write_backup(
+        config,
+        targets,
+        &id,
+        started_at,
+        prepared,
+        dirty_reasons,
+        &mut written,
+    )
+    .await;
     // The marker goes either way; on failure so does everything this run wrote.
     let cleanup: &[(&Target, String)] = match &result {
         Ok(_) => &written[..1],
@@ -182,6 +207,7 @@ async fn write_backup<'t>(
     id: &str,
     started_at: chrono::DateTime<Utc>,
     prepared: Prepared,
+    dirty_reasons: Vec<String>,
     written: &mut Vec<(&'t Target, String)>,
 ) -> anyhow::Result<Manifest> {
     let cluster = &config.cluster;
@@ -189,7 +215,7 @@ async fn write_backup<'t>(
     let snapshot_key = format!("{cluster}/{id}/{SNAPSHOT_OBJECT}");
 
     let static_artifact = match (&prepared, &config.static_resources) {
-        (Prepared::BackupDir(pair), _) => {
+        (Prepared::BackupDir { pair, .. }, _) => {
             let tarball = pair.static_tarball.clone();
             Some(
                 ship_static(config, &targets.static_resources, &static_key, move |w| {
@@ -217,7 +243,7 @@ async fn write_backup<'t>(
 
     let snapshot_size = match &prepared {
         Prepared::Etcd { member, .. } => Some(member.db_size + 32),
-        Prepared::BackupDir(pair) => std::fs::metadata(&pair.snapshot).ok().map(|m| m.len()),
+        Prepared::BackupDir { pair, .. } => std::fs::metadata(&pair.snapshot).ok().map(|m| m.len()),
     };
     let snapshot_encoding = Encoding {
         recipients: config.encryption.snapshot.clone(),
@@ -226,7 +252,7 @@ async fn write_backup<'t>(
         progress: telemetry::progress("snapshot", snapshot_size),
     };
     let (snapshot_artifact, source, facts) = match prepared {
-        Prepared::BackupDir(pair) => {
+        Prepared::BackupDir { pair, facts } => {
             let file = pair.snapshot.clone();
             let (artifact, _) = pipeline::ship(
                 &targets.snapshot,
@@ -236,7 +262,7 @@ async fn write_backup<'t>(
             )
             .await
             .with_context(|| format!("shipping {}", pair.snapshot.display()))?;
-            (artifact, pair.source_info(), ClusterFacts::default())
+            (artifact, pair.source_info(), facts)
         }
         Prepared::Etcd { member, facts } => {
             let SnapshotSource::Etcd(etcd) = &config.source else {
@@ -269,6 +295,9 @@ async fn write_backup<'t>(
             .get("platform_version")
             .cloned()
             .or(facts.platform_version),
+        upgrade: facts.upgrade,
+        dirty: !dirty_reasons.is_empty(),
+        dirty_reasons,
         labels: config.labels.clone(),
         artifacts: Artifacts {
             snapshot: snapshot_artifact,
@@ -442,6 +471,45 @@ pub(super) async fn first_healthy(
         "no etcd endpoint answered ({}); check source.etcd.endpoints, the certificates and that etcd is running",
         failures.join("; ")
     ))
+}
+
+/// cluster-backup.sh's guard: no backup while the kube-apiserver, kube-controller-manager,
+/// kube-scheduler or etcd operator is rolling out a revision (the snapshot and the static
+/// resources could then belong to different revisions). With `force`, the reasons that
+/// make the backup dirty.
+async fn guard_settled_operators(
+    member: &mut EtcdMember,
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
+    let unsettled = member
+        .unsettled_operators()
+        .await
+        .context("reading the ClusterOperator objects")?;
+    if unsettled.is_empty() || force {
+        if !unsettled.is_empty() {
+            tracing::warn!(operators = %unsettled.join("; "), "operators not settled; taking a dirty backup (--force)");
+        }
+        return Ok(unsettled
+            .into_iter()
+            .map(|u| format!("taken with --force while {u}"))
+            .collect());
+    }
+    Err(Refused(format!(
+        "cluster operators are not settled ({}): a reliable backup needs no rollout in progress, as cluster-backup.sh requires. Wait for the rollout, or pass --force for a backup marked dirty",
+        unsettled.join("; ")
+    ))
+    .into())
+}
+
+/// The platform version for shipped files, from etcd when it answers (best effort).
+async fn platform_facts(etcd: &EtcdSource) -> ClusterFacts {
+    match first_healthy(etcd, 0).await {
+        Ok((_, mut member)) => member.cluster_facts().await,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "etcd unavailable: the platform version is not recorded");
+            ClusterFacts::default()
+        }
+    }
 }
 
 fn guard_fresh_cluster(facts: &ClusterFacts, force: bool) -> anyhow::Result<()> {

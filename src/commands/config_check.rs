@@ -16,8 +16,8 @@ pub async fn run(config: &Config, path: &Path, connect: bool) -> anyhow::Result<
     if !connect {
         return Ok(());
     }
-    match &config.source {
-        SnapshotSource::Etcd(etcd) => {
+    if let Some(etcd) = config.source.etcd() {
+        {
             let mut reachable = 0;
             for endpoint in &etcd.endpoints {
                 match EtcdMember::connect(etcd, endpoint).await {
@@ -35,10 +35,15 @@ pub async fn run(config: &Config, path: &Path, connect: bool) -> anyhow::Result<
                 return Err(anyhow!("no etcd endpoint is reachable"));
             }
         }
-        SnapshotSource::BackupDir(dir) => {
-            let pair = backup_dir::newest_pair(dir)?;
-            println!("backup_dir: newest pair {}", pair.timestamp);
-        }
+    }
+    if let SnapshotSource::BackupDir { dir, .. } = &config.source {
+        let pair = backup_dir::newest_pair(dir)?;
+        println!(
+            "backup_dir: newest complete pair {}{} ({})",
+            pair.timestamp,
+            if pair.dirty { " (POSSIBLY DIRTY)" } else { "" },
+            pair.snapshot.display()
+        );
     }
     if let Some(resources) = &config.static_resources {
         let paths = static_resources::resolve(resources).context("source.static_resources")?;

@@ -11,9 +11,10 @@ use anyhow::Context;
 use super::Targets;
 use crate::cli::RestoreArgs;
 use crate::config::Config;
-use crate::error::{Refused, UsageError};
+use crate::error::{IntegrityError, Refused, UsageError};
 use crate::manifest::{Artifact, Manifest};
 use crate::pipeline::{Identities, fetch};
+use crate::source::static_resources::check_archive;
 
 pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
     let identities = Identities::load(&args.identities)?;
@@ -50,9 +51,10 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
         (_, true) => None,
     };
 
+    let ts = manifest.restore_timestamp();
+    refuse_other_pairs(&args.to)?;
     std::fs::create_dir_all(&args.to)
         .with_context(|| format!("creating --to directory {}", args.to.display()))?;
-    let ts = manifest.restore_timestamp();
     let snapshot_file = Staged::new(&args.to, &format!("snapshot_{ts}.db"))?;
     let static_file = match &static_part {
         Some(_) => Some(Staged::new(
@@ -88,12 +90,50 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
     // Both checked: now, and only now, they get their final names.
     snapshot_file.commit()?;
     println!("{}", snapshot_file.path.display());
-    if let Some(f) = static_file {
-        f.commit()?;
-        println!("{}", f.path.display());
+    match static_file {
+        Some(f) => {
+            f.commit()?;
+            println!("{}", f.path.display());
+            tracing::info!(id = %manifest.id, dir = %args.to.display(), "restored and verified; run cluster-restore.sh with this directory");
+        }
+        None => tracing::warn!(
+            id = %manifest.id,
+            dir = %args.to.display(),
+            "restored and verified the snapshot only: this directory is NOT input for cluster-restore.sh, which needs the static_kuberesources_<ts>.tar.gz of the same backup (it would stop etcd and then fail to untar). Use it with `etcdctl snapshot restore`, or restore again with the keys identity"
+        ),
     }
-    tracing::info!(id = %manifest.id, dir = %args.to.display(), "restored and verified; run cluster-restore.sh with this directory");
     Ok(())
+}
+
+/// cluster-restore.sh picks `snapshot_*.db` and `static_kuberesources_*.tar.gz` separately,
+/// each with `ls -v | tail -1`: next to another pair, it could start the control plane from
+/// one backup's snapshot and another's keys. Refused before anything is written.
+fn refuse_other_pairs(dir: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading --to directory {}", dir.display()));
+        }
+    };
+    let mut found: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            (name.starts_with("snapshot_") && name.ends_with(".db"))
+                || (name.starts_with("static_kuberesources_") && name.ends_with(".tar.gz"))
+        })
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(Refused(format!(
+        "{} already holds {}: cluster-restore.sh takes the newest snapshot_*.db and the newest static_kuberesources_*.tar.gz separately, so another pair beside this one could be mixed with it. Restore into an empty directory, or move those files away; nothing was written",
+        dir.display(),
+        found.join(", ")
+    ))
+    .into())
 }
 
 /// The same z-stream (4.y.z) rule of the OpenShift restore documentation.
@@ -102,14 +142,22 @@ fn guard_version(manifest: &Manifest, expected: Option<&str>, force: bool) -> an
         return Ok(());
     };
     let recorded = manifest.platform_version.as_deref();
-    if recorded == Some(expected) {
-        return Ok(());
-    }
-    let problem = format!(
-        "backup {} is from platform version {}, not {expected}: OpenShift restores only from the same z-stream release",
-        manifest.id,
-        recorded.unwrap_or("(not recorded)")
-    );
+    let problem = match &manifest.upgrade {
+        // Taken mid-upgrade: some operators ran the old release, some the new one.
+        Some(upgrade) => format!(
+            "backup {} was taken during an upgrade from {} to {} ({}): it matches neither z-stream release",
+            manifest.id,
+            upgrade.from.as_deref().unwrap_or("(unknown)"),
+            upgrade.to,
+            upgrade.state
+        ),
+        None if recorded == Some(expected) => return Ok(()),
+        None => format!(
+            "backup {} is from platform version {}, not {expected}: OpenShift restores only from the same z-stream release",
+            manifest.id,
+            recorded.unwrap_or("(not recorded)")
+        ),
+    };
     if force {
         tracing::warn!("{problem}; restoring anyway (--force)");
         Ok(())
@@ -127,7 +175,7 @@ async fn restore_artifact(
     artifact: &Artifact,
     identity: age::x25519::Identity,
     staged: &Staged,
-    gzip: bool,
+    keys_archive: bool,
 ) -> anyhow::Result<()> {
     // Owner-only: the snapshot names every resource and the tarball holds the encryption keys.
     let file = OpenOptions::new()
@@ -137,30 +185,54 @@ async fn restore_artifact(
         .open(&staged.partial)
         .with_context(|| format!("creating {}", staged.partial.display()))?;
     let etcd_trailer = name == "snapshot";
-    fetch(
+    let fetched = fetch(
         targets.for_artifact(name),
         artifact,
         Some(identity),
         etcd_trailer,
         move |reader| {
             let out = BufWriter::new(file);
-            let out = if gzip {
+            let (out, archive) = if keys_archive {
+                // gzip, as cluster-backup.sh writes it; the tar is read through on the way.
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-                io::copy(reader, &mut gz)?;
-                gz.finish()?
+                let mut tee = Tee {
+                    inner: reader,
+                    copy: &mut gz,
+                };
+                let archive = check_archive(&mut tee)?;
+                io::copy(&mut tee, &mut io::sink())?;
+                (gz.finish()?, archive)
             } else {
                 let mut out = out;
                 io::copy(reader, &mut out)?;
-                out
+                (out, Ok(0))
             };
             let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()
+            file.sync_all()?;
+            Ok(archive)
         },
     )
     .await
     .map_err(anyhow::Error::from)
     .with_context(|| format!("restoring {name} of {}", artifact.key))?;
+    if let Some(Err(problem)) = fetched.contents {
+        return Err(IntegrityError(format!("{}: {problem}", artifact.key)).into());
+    }
     Ok(())
+}
+
+/// Copies what is read from `inner` into `copy`.
+struct Tee<'a, R: ?Sized, W> {
+    inner: &'a mut R,
+    copy: &'a mut W,
+}
+
+impl<R: io::Read + ?Sized, W: io::Write> io::Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
 }
 
 /// A file written under a hidden `.partial` name and renamed once checked.

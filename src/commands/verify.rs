@@ -1,7 +1,7 @@
 //! `verify`: every object of a backup is there and matches its manifest; with identities,
 //! the contents decrypt, decompress and check out too.
 
-use std::io::{self, Read};
+use std::io;
 
 use anyhow::anyhow;
 use serde::Serialize;
@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
 use crate::manifest::Manifest;
 use crate::pipeline::{FetchError, Identities, fetch};
+use crate::source::static_resources::check_archive;
 use crate::store::catalog::{BackupEntry, ManifestProblem, list_backups, read_manifest};
 use crate::store::layout::MANIFEST_OBJECT;
 
@@ -200,7 +201,7 @@ async fn verify_backup(
             })
             .await
         } else {
-            fetch(target, artifact, identity, false, read_tar).await
+            fetch(target, artifact, identity, false, check_archive).await
         };
         let (stored_ok, contents_ok, detail) = match outcome {
             Ok(fetched) => match fetched.contents {
@@ -233,27 +234,6 @@ async fn verify_backup(
         report.problems.push(problem);
     }
     Ok(report)
-}
-
-/// Reads every tar member; a tar that does not read is reported, not raised.
-fn read_tar(reader: &mut dyn Read) -> io::Result<Result<u64, String>> {
-    let mut archive = tar::Archive::new(reader);
-    let mut members = 0;
-    let entries = match archive.entries() {
-        Ok(entries) => entries,
-        Err(e) => return Ok(Err(format!("the tar does not read: {e}"))),
-    };
-    for entry in entries {
-        match entry.and_then(|mut e| io::copy(&mut e, &mut io::sink())) {
-            Ok(_) => members += 1,
-            Err(e) => {
-                return Ok(Err(format!(
-                    "the tar does not read after {members} members: {e}"
-                )));
-            }
-        }
-    }
-    Ok(Ok(members))
 }
 
 /// The keys side carries a copy of the manifest; it must be the same record.

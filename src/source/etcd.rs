@@ -13,10 +13,22 @@ use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
 
 use crate::config::EtcdSource;
-use crate::manifest::SourceInfo;
+use crate::manifest::{SourceInfo, UpgradeInfo};
 
 /// Where OpenShift keeps the ClusterVersion object (stored as JSON).
 const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
+/// Where OpenShift keeps ClusterOperator objects (stored as JSON), `<prefix><name>`.
+const CLUSTER_OPERATOR_PREFIX: &str = "/kubernetes.io/config.openshift.io/clusteroperators/";
+/// The cluster operators whose rollouts cluster-backup.sh waits out: a backup taken
+/// while one of them is Progressing may pair a snapshot with resources of another revision.
+pub const GUARDED_OPERATORS: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "etcd",
+];
+/// Cluster objects are small; a larger value is not one of them.
+const OBJECT_CAP: usize = 4 * 1024 * 1024;
 
 /// etcd could not be reached or misbehaved.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +52,14 @@ pub struct EtcdMember {
 /// Facts about the cluster read from etcd itself.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterFacts {
+    /// A ClusterVersion object exists: this is OpenShift.
+    pub openshift: bool,
     /// Latest completed OpenShift version from ClusterVersion `status.history`.
     pub platform_version: Option<String>,
     /// Start of the oldest history entry: when the cluster was installed.
     pub installed_at: Option<DateTime<Utc>>,
+    /// The newest history entry is not Completed: an upgrade (or the install) is under way.
+    pub upgrade: Option<UpgradeInfo>,
 }
 
 impl EtcdMember {
@@ -119,9 +135,47 @@ impl EtcdMember {
         match response.kvs().first() {
             Some(kv) => parse_cluster_version(kv.value()).unwrap_or_else(|reason| {
                 tracing::warn!(%reason, "ClusterVersion object not understood; platform version not recorded");
-                ClusterFacts::default()
+                ClusterFacts {
+                    openshift: true,
+                    ..ClusterFacts::default()
+                }
             }),
             None => ClusterFacts::default(),
+        }
+    }
+
+    /// The guarded cluster operators that are not settled: Progressing, or whose state
+    /// cannot be read (cluster-backup.sh refuses then too). Empty when all are settled.
+    pub async fn unsettled_operators(&mut self) -> Result<Vec<String>, EtcdError> {
+        let mut unsettled = Vec::new();
+        for name in GUARDED_OPERATORS {
+            let key = format!("{CLUSTER_OPERATOR_PREFIX}{name}");
+            let get = self.client.get(key.as_str(), None);
+            let response = tokio::time::timeout(self.config.timeout, get)
+                .await
+                .map_err(|_| {
+                    self.error(format!(
+                        "no answer reading {key} within {:?}",
+                        self.config.timeout
+                    ))
+                })?
+                .map_err(|e| self.error(format!("reading {key} failed: {e}")))?;
+            let state = match response.kvs().first() {
+                None => Some(format!("{name}: no ClusterOperator object")),
+                Some(kv) if kv.value().len() > OBJECT_CAP => Some(format!(
+                    "{name}: ClusterOperator object is implausibly large"
+                )),
+                Some(kv) => operator_progressing(name, kv.value()),
+            };
+            unsettled.extend(state);
+        }
+        Ok(unsettled)
+    }
+
+    fn error(&self, reason: String) -> EtcdError {
+        EtcdError {
+            endpoint: self.endpoint.clone(),
+            reason,
         }
     }
 
@@ -209,6 +263,47 @@ struct ClusterVersionStatus {
 }
 
 #[derive(Deserialize)]
+struct ClusterOperator {
+    status: Option<ClusterOperatorStatus>,
+}
+
+#[derive(Deserialize)]
+struct ClusterOperatorStatus {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize)]
+struct Condition {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Why a ClusterOperator (JSON) is not settled, or None when its Progressing condition is False.
+fn operator_progressing(name: &str, value: &[u8]) -> Option<String> {
+    let operator: ClusterOperator = match serde_json::from_slice(value) {
+        Ok(o) => o,
+        Err(e) => return Some(format!("{name}: ClusterOperator not understood ({e})")),
+    };
+    let conditions = operator.status.map(|s| s.conditions).unwrap_or_default();
+    match conditions.iter().find(|c| c.kind == "Progressing") {
+        Some(c) if c.status == "False" => None,
+        Some(c) => {
+            let message: String = c.message.chars().take(200).collect();
+            Some(
+                format!("{name}: Progressing={} {message}", c.status)
+                    .trim_end()
+                    .to_string(),
+            )
+        }
+        None => Some(format!("{name}: no Progressing condition")),
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UpdateHistory {
     state: String,
@@ -228,9 +323,21 @@ pub fn parse_cluster_version(value: &[u8]) -> Result<ClusterFacts, String> {
         .max_by_key(|h| h.completion_time)
         .map(|h| h.version.clone());
     let installed_at = history.iter().filter_map(|h| h.started_time).min();
+    // The newest entry comes first; while it is not Completed the cluster runs a mix of
+    // the old and the new release.
+    let upgrade = history
+        .first()
+        .filter(|h| h.state != "Completed")
+        .map(|h| UpgradeInfo {
+            from: platform_version.clone(),
+            to: h.version.clone(),
+            state: h.state.clone(),
+        });
     Ok(ClusterFacts {
+        openshift: true,
         platform_version,
         installed_at,
+        upgrade,
     })
 }
 
@@ -247,9 +354,39 @@ mod tests {
         let facts = parse_cluster_version(json).unwrap();
         assert_eq!(facts.platform_version.as_deref(), Some("4.14.7"));
         assert_eq!(
+            facts.upgrade,
+            Some(UpgradeInfo {
+                from: Some("4.14.7".into()),
+                to: "4.14.9".into(),
+                state: "Partial".into()
+            })
+        );
+        assert_eq!(
             facts.installed_at.unwrap().to_rfc3339(),
             "2026-09-01T00:00:00+00:00"
         );
         assert!(parse_cluster_version(b"k8s\0\x01protobuf").is_err());
+        let settled = br#"{"status":{"history":[{"state":"Completed","version":"4.14.9","startedTime":"2026-11-20T00:00:00Z","completionTime":"2026-11-20T01:00:00Z"},
+            {"state":"Completed","version":"4.14.7","startedTime":"2026-10-01T00:00:00Z","completionTime":"2026-10-01T01:00:00Z"}]}}"#;
+        let facts = parse_cluster_version(settled).unwrap();
+        assert_eq!(facts.platform_version.as_deref(), Some("4.14.9"));
+        assert_eq!(facts.upgrade, None);
+    }
+
+    #[test]
+    fn operator_conditions() {
+        let co = |status: &str| {
+            format!(
+                r#"{{"status":{{"conditions":[{{"type":"Available","status":"True"}},{{"type":"Progressing","status":"{status}","message":"NodeInstallerProgressing: 1 node is at revision 7; 2 nodes are at revision 8"}}]}}}}"#
+            )
+        };
+        assert_eq!(operator_progressing("etcd", co("False").as_bytes()), None);
+        let why = operator_progressing("etcd", co("True").as_bytes()).unwrap();
+        assert!(
+            why.starts_with("etcd: Progressing=True NodeInstaller"),
+            "{why}"
+        );
+        assert!(operator_progressing("etcd", b"{}").is_some());
+        assert!(operator_progressing("etcd", b"k8s\0proto").is_some());
     }
 }

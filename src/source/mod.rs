@@ -2,4 +2,5 @@
 
 pub mod backup_dir;
 pub mod etcd;
+pub mod openshift_tls;
 pub mod static_resources;

@@ -44,7 +44,23 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
 
 /// `cluster-backup.sh`'s timestamp format (`date +%F_%H%M%S`), used in restored file names.
 pub fn restore_timestamp(started_at: DateTime<Utc>) -> String {
-    started_at.format("%F_%H%M%S").to_string()
+    started_at.format(RESTORE_TS_FORMAT).to_string()
+}
+
+const RESTORE_TS_FORMAT: &str = "%Y-%m-%d_%H%M%S";
+
+/// The time in a `cluster-backup.sh` timestamp (`2026-11-23_104649`), or None when `ts` is
+/// not exactly of that shape (so it is safe in a file name).
+pub fn parse_restore_timestamp(ts: &str) -> Option<NaiveDateTime> {
+    let shaped = ts.len() == 17
+        && ts.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'_',
+            _ => b.is_ascii_digit(),
+        });
+    shaped
+        .then(|| NaiveDateTime::parse_from_str(ts, RESTORE_TS_FORMAT).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -77,5 +93,19 @@ mod tests {
         assert_eq!(id_time("backup.lock"), None);
         assert_eq!(id_time("20261123T104649Zx"), None);
         assert_eq!(restore_timestamp(t), "2026-11-23_104649");
+        assert_eq!(
+            parse_restore_timestamp("2026-11-23_104649").map(|n| n.and_utc()),
+            Some(t)
+        );
+        for bad in [
+            "2026-11-23_10464",
+            "2026-11-23_1046490",
+            "../../etc/passwd",
+            "2026-13-23_104649",
+            "2026-11-23/104649",
+            "manual-before-up",
+        ] {
+            assert_eq!(parse_restore_timestamp(bad), None, "{bad}");
+        }
     }
 }
