@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::fixture::Fixture;
+use common::openshift::{set_cluster_version, settle_operators};
 use common::*;
 
 /// Where ClusterVersion lives in an OpenShift etcd.
-const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
 
 // ------------------------------------------------------------------ helpers
 
@@ -335,37 +335,6 @@ fn assert_nothing_restored(dir: &Path, what: &str) {
 }
 
 /// A ClusterVersion object as OpenShift stores it (JSON), history newest first.
-fn cluster_version(history: &[(&str, &str, i64, Option<i64>)]) -> Vec<u8> {
-    let at = |hours_ago: i64| {
-        (chrono::Utc::now() - chrono::TimeDelta::hours(hours_ago))
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    };
-    let history: Vec<serde_json::Value> = history
-        .iter()
-        .map(|(state, version, started_h, completed_h)| {
-            serde_json::json!({
-                "state": state,
-                "version": version,
-                "image": format!("quay.io/openshift-release-dev/ocp-release@sha256:{version}"),
-                "verified": false,
-                "startedTime": at(*started_h),
-                "completionTime": completed_h.map(at),
-            })
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "kind": "ClusterVersion",
-        "apiVersion": "config.openshift.io/v1",
-        "metadata": { "name": "version", "uid": "4b1e8a0e-0000-4000-8000-000000000001" },
-        "spec": { "channel": "stable-4.14", "clusterID": "0c8f5b3e-0000-4000-8000-000000000002" },
-        "status": {
-            "desired": { "version": "4.14.9" },
-            "history": history,
-        }
-    }))
-    .unwrap()
-}
 
 // ------------------------------------------------------------------ 1. round trip
 
@@ -727,14 +696,15 @@ fn tampered_backups_fail_verify_and_restore_with_exit_3() {
 fn platform_version_is_detected_and_guards_restore() {
     let etcd = EtcdServer::start(false);
     etcd.load(100, 100);
-    // Newest first, as OpenShift keeps it: an upgrade in progress, then two completed ones.
-    etcd.put(
-        CLUSTER_VERSION_KEY,
-        cluster_version(&[
-            ("Partial", "4.14.9", 2, None),
-            ("Completed", "4.14.7", 24 * 10, Some(24 * 10 - 1)),
-            ("Completed", "4.14.3", 24 * 40, Some(24 * 40 - 1)),
-        ]),
+    // On OpenShift a backup waits for the guarded operators to settle (tests/openshift.rs).
+    settle_operators(&etcd);
+    // Newest first, as OpenShift keeps it (an upgrade in progress: tests/openshift.rs).
+    set_cluster_version(
+        &etcd,
+        &[
+            ("Completed", "4.14.7", 24 * 10),
+            ("Completed", "4.14.3", 24 * 40),
+        ],
     );
     let s = Setup::etcd(&etcd, "");
     let manifest = s.backup(&[]);
@@ -789,10 +759,7 @@ fn platform_version_is_detected_and_guards_restore() {
     assert_exit(&out, 4, "labelled backup vs 4.14.7");
 
     // A cluster installed an hour ago: refused (exit 4) unless --force.
-    etcd.put(
-        CLUSTER_VERSION_KEY,
-        cluster_version(&[("Completed", "4.15.2", 1, Some(0))]),
-    );
+    set_cluster_version(&etcd, &[("Completed", "4.15.2", 1)]);
     let fresh = Setup::etcd(&etcd, "");
     let out = run(fresh.cmd().arg("backup"));
     assert_exit(&out, 4, "backup of a fresh cluster");
@@ -982,11 +949,11 @@ fn restore_refuses_without_keys_and_never_overwrites() {
     // An existing file is never overwritten: not the snapshot...
     let before = read(&snapshot);
     let out = s.restore(&id, &to, &[]);
-    assert_exit(&out, 2, "existing snapshot file");
+    assert_exit(&out, 4, "existing snapshot file");
     assert_says(
         &out,
         "existing snapshot file",
-        &[&snapshot_name, "already exists"],
+        &[&snapshot_name, "already holds", "cluster-restore.sh"],
     );
     assert_eq!(read(&snapshot), before);
     assert_eq!(
@@ -1000,11 +967,11 @@ fn restore_refuses_without_keys_and_never_overwrites() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join(&static_name), "precious").unwrap();
     let out = s.restore(&id, &other, &[]);
-    assert_exit(&out, 2, "existing static file");
+    assert_exit(&out, 4, "existing static file");
     assert_says(
         &out,
         "existing static file",
-        &[&static_name, "already exists"],
+        &[&static_name, "already holds"],
     );
     assert_eq!(read(&other.join(&static_name)), b"precious");
     assert_eq!(names_in(&other), std::slice::from_ref(&static_name));

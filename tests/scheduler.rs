@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::fixture::Fixture;
+use common::openshift::{set_cluster_version, settle_operators};
 use common::*;
 
 fn list_ids(fx: &Fixture, config: &std::path::Path) -> Vec<serde_json::Value> {
@@ -38,21 +39,6 @@ fn start(fx: &Fixture, config: &std::path::Path, metrics_port: u16) -> Scheduler
         .unwrap();
     Scheduler(child)
 }
-
-fn cluster_version(history: &[(&str, &str, &str)]) -> String {
-    let entries: Vec<serde_json::Value> = history
-        .iter()
-        .map(|(state, version, started)| {
-            serde_json::json!({
-                "state": state, "version": version,
-                "startedTime": started, "completionTime": started,
-            })
-        })
-        .collect();
-    serde_json::json!({"kind": "ClusterVersion", "status": {"history": entries}}).to_string()
-}
-
-const CV_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
 
 #[test]
 fn scheduled_backups_run_and_metrics_are_served() {
@@ -103,10 +89,8 @@ fn scheduled_backups_run_and_metrics_are_served() {
 #[test]
 fn an_upgrade_triggers_a_backup() {
     let etcd = EtcdServer::start(false);
-    etcd.put(
-        CV_KEY,
-        cluster_version(&[("Completed", "4.14.7", "2026-01-01T00:00:00Z")]),
-    );
+    settle_operators(&etcd);
+    set_cluster_version(&etcd, &[("Completed", "4.14.7", 24 * 300)]);
     let fx = Fixture::new();
     // The cron never fires during the test: only upgrades cause backups.
     let (_, config) = fx.dir_config(
@@ -126,15 +110,22 @@ fn an_upgrade_triggers_a_backup() {
         versions(),
         tail(&fx.path("run.log"), 30)
     );
-    // No new version: no new backup.
+    // No new version: no new backup; nor while the upgrade is under way (Partial).
+    set_cluster_version(
+        &etcd,
+        &[
+            ("Partial", "4.14.8", 24 * 30),
+            ("Completed", "4.14.7", 24 * 300),
+        ],
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(versions(), ["4.14.7"]);
-    etcd.put(
-        CV_KEY,
-        cluster_version(&[
-            ("Completed", "4.14.8", "2026-11-01T00:00:00Z"),
-            ("Completed", "4.14.7", "2026-01-01T00:00:00Z"),
-        ]),
+    set_cluster_version(
+        &etcd,
+        &[
+            ("Completed", "4.14.8", 24 * 30),
+            ("Completed", "4.14.7", 24 * 300),
+        ],
     );
     assert!(
         wait_until(Duration::from_secs(20), || versions()

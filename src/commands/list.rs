@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
+use crate::manifest::UpgradeInfo;
 use crate::store::Target;
 use crate::store::catalog::{BackupEntry, list_backups};
 
@@ -18,6 +19,10 @@ struct ListedBackup<'a> {
     snapshot_size: Option<u64>,
     static_resources_size: Option<u64>,
     platform_version: Option<&'a str>,
+    /// Taken during an upgrade: it belongs to neither release.
+    upgrade: Option<&'a UpgradeInfo>,
+    /// Taken past a guard (`--force`, `__POSSIBLY_DIRTY__`).
+    dirty: bool,
     problem: Option<&'a str>,
 }
 
@@ -34,6 +39,8 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
                 .and_then(|m| m.artifacts.static_resources.as_ref())
                 .map(|a| a.plaintext.size),
             platform_version: manifest.and_then(|m| m.platform_version.as_deref()),
+            upgrade: manifest.and_then(|m| m.upgrade.as_ref()),
+            dirty: manifest.is_some_and(|m| m.dirty),
             problem: entry.problem.as_deref(),
         }
     }
@@ -53,7 +60,21 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     );
     for b in &listed {
         let status = match (b.complete, b.problem) {
-            (true, _) => "complete".to_string(),
+            (true, _) => {
+                let mut status = "complete".to_string();
+                if b.dirty {
+                    status.push_str(", DIRTY");
+                }
+                if let Some(u) = b.upgrade {
+                    status.push_str(&format!(
+                        ", during upgrade {}→{} ({})",
+                        u.from.as_deref().unwrap_or("?"),
+                        u.to,
+                        u.state
+                    ));
+                }
+                status
+            }
             (false, Some(problem)) => format!("incomplete: {problem}"),
             (false, None) => "incomplete (no manifest)".to_string(),
         };

@@ -129,7 +129,7 @@ fn refuse_other_pairs(dir: &Path) -> anyhow::Result<()> {
     }
     found.sort();
     Err(Refused(format!(
-        "{} already holds {}: cluster-restore.sh takes the newest snapshot_*.db and the newest static_kuberesources_*.tar.gz separately, so another pair beside this one could be mixed with it. Restore into an empty directory, or move those files away; nothing was written",
+        "{} already holds {}: cluster-restore.sh picks snapshot_*.db and static_kuberesources_*.tar.gz separately (each with `ls -v | tail -1`), so another pair beside this one could be mixed with it. Restore into an empty directory, or move those files away; nothing was written",
         dir.display(),
         found.join(", ")
     ))

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod openshift;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
