@@ -14,8 +14,6 @@ use common::fixture::Fixture;
 use common::openshift::{set_cluster_version, settle_operators};
 use common::*;
 
-/// Where ClusterVersion lives in an OpenShift etcd.
-
 // ------------------------------------------------------------------ helpers
 
 /// A fixture with a file:// target and a config for it.
@@ -333,8 +331,6 @@ fn assert_nothing_restored(dir: &Path, what: &str) {
         dir.display()
     );
 }
-
-/// A ClusterVersion object as OpenShift stores it (JSON), history newest first.
 
 // ------------------------------------------------------------------ 1. round trip
 
