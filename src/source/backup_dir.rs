@@ -49,7 +49,7 @@ pub fn newest_pair(dir: &Path) -> io::Result<BackupDirPair> {
     for sub in backup_subdirectories(dir)? {
         candidates.extend(pairs_in(&sub)?);
     }
-    candidates.sort_by(|a, b| b.time.cmp(&a.time));
+    candidates.sort_by_key(|pair| std::cmp::Reverse(pair.time));
     for pair in candidates {
         match incomplete(&pair) {
             None => return Ok(pair),
