@@ -53,6 +53,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run as a scheduler: backups on `schedule`, prune after each, metrics.
     Run(RunArgs),
+    /// Age of the newest complete backup, counts and sizes; exit 5 when it is too old.
+    Status(StatusArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -141,6 +143,17 @@ pub struct PruneArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 5 when the newest complete backup started longer ago than this (e.g. `26h`),
+    /// or when there is none.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -903,6 +903,54 @@ mod tests {
         assert_eq!(cfg.cluster, "prod-east");
     }
 
+    /// The configs users copy from: every one must load as written (on a host that reads
+    /// backups; certificate discovery and recipients files are host-side).
+    #[test]
+    fn shipped_example_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for dir in ["examples", "config"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                if path.extension().is_some_and(|e| e == "yaml") && text.contains("\nversion: 1") {
+                    parse(&text, Purpose::ReadBackups)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    assert!(
+                        !text.contains("static-pod-certs/configmaps"),
+                        "{}: a path that exists only inside pods",
+                        path.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 6, "only {checked} example configs found");
+    }
+
+    #[test]
+    fn openshift_discovery_keys() {
+        let text = snapshot_only().replace(
+            "    endpoints: [\"http://127.0.0.1:2379\"]\n",
+            "    discover: openshift\n    node_name: master-0\n",
+        );
+        let cfg =
+            parse(&text, Purpose::ReadBackups).expect("discovery needs no files to read backups");
+        let SnapshotSource::Etcd(etcd) = cfg.source else {
+            panic!("etcd source")
+        };
+        assert_eq!(etcd.endpoints, ["https://localhost:2379"]);
+        let both = text.replace(
+            "    discover: openshift\n",
+            "    discover: openshift\n    cacert: /x\n",
+        );
+        assert_eq!(err_key(&both), "source.etcd.cacert");
+        let stray = snapshot_only().replace("    endpoints:", "    node_name: m\n    endpoints:");
+        assert_eq!(err_key(&stray), "source.etcd.node_name");
+        let unknown = text.replace("discover: openshift", "discover: k3s");
+        assert_eq!(err_key(&unknown), "source.etcd.discover");
+    }
+
     #[test]
     fn missing_static_paths_and_tls_files() {
         let text = config(

@@ -13,6 +13,8 @@ pub enum ExitKind {
     Integrity = 3,
     /// Refused by a guard (lock held, fresh cluster, version mismatch).
     Refused = 4,
+    /// `status`: the newest complete backup is older than its limit (or there is none).
+    Stale = 5,
 }
 
 /// A configuration problem at a key path, with the fix.
@@ -42,6 +44,11 @@ pub struct IntegrityError(pub String);
 #[error("refused: {0}")]
 pub struct Refused(pub String);
 
+/// `status` found the backups older than the limit the caller set.
+#[derive(Debug, thiserror::Error)]
+#[error("stale: {0}")]
+pub struct Stale(pub String);
+
 /// Bad command-line usage that clap cannot catch (e.g. a malformed backup id).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -58,6 +65,9 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
         }
         if cause.is::<Refused>() {
             return ExitKind::Refused;
+        }
+        if cause.is::<Stale>() {
+            return ExitKind::Stale;
         }
     }
     ExitKind::Runtime

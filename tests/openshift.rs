@@ -338,8 +338,21 @@ fn backup_dir_ships_the_newest_timestamped_pair() {
     );
     assert_eq!(manifest["platform_version"], "4.16.3", "{manifest}");
     assert_eq!(manifest["dirty"], false);
-    // Shipped once; a newer dirty pair is shipped next, marked dirty.
+    // Shipped once: the next run is refused (exit 4), and `status` tells a stalled
+    // cluster-backup.sh from a fresh one (exit 5 once the newest backup is too old).
     run_code(fx.cmd(&config).arg("backup"), 4);
+    run_ok(fx.cmd(&config).args(["status", "--max-age", "1h"]));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = run_code(
+        fx.cmd(&config)
+            .args(["status", "--json", "--max-age", "1s"]),
+        5,
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["fresh"], false, "{status}");
+    assert_eq!(status["complete"], 1, "{status}");
+    assert_eq!(status["newest_id"], manifest["id"], "{status}");
+    // A newer dirty pair is shipped next, marked dirty.
     let ts = "2026-11-23_030000__POSSIBLY_DIRTY__";
     etcd.snapshot_save(&src.join(format!("snapshot_{ts}.db")));
     fx.tar_static(&src, ts, "static-pod-resources/kube-apiserver-pod-7");

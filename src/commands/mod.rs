@@ -6,6 +6,7 @@ mod list;
 mod prune;
 mod restore;
 mod run;
+mod status;
 mod verify;
 
 use anyhow::Context;
@@ -18,9 +19,11 @@ use crate::store::Target;
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let purpose = match cli.command {
         Command::Backup(_) | Command::Run(_) | Command::Config(_) => Purpose::TakeBackups,
-        Command::List(_) | Command::Verify(_) | Command::Restore(_) | Command::Prune(_) => {
-            Purpose::ReadBackups
-        }
+        Command::List(_)
+        | Command::Verify(_)
+        | Command::Restore(_)
+        | Command::Prune(_)
+        | Command::Status(_) => Purpose::ReadBackups,
     };
     let config = config::load(&cli.config, purpose)?;
     match cli.command {
@@ -30,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(&config, &args).await,
         Command::Prune(args) => prune::run(&config, &args).await,
         Command::Run(args) => run::run(&config, &args).await,
+        Command::Status(args) => status::run(&config, &args).await,
         Command::Config(ConfigCommand::Check { connect }) => {
             config_check::run(&config, &cli.config, connect).await
         }
