@@ -68,7 +68,8 @@ pub struct BackupArgs {
     /// Do not prune after the backup even when `retention` is configured.
     #[arg(long)]
     pub no_prune: bool,
-    /// Take the backup even when a guard would refuse it (cluster younger than 24 h).
+    /// Take the backup even when a guard would refuse it (cluster younger than 24 h;
+    /// OpenShift cluster operators progressing, which marks the backup dirty).
     #[arg(long)]
     pub force: bool,
     /// Skip (exit 4) when a backup started within this window, e.g. `30m`: the same
