@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod kube_encryption;
 mod manifest;
 mod pipeline;
 mod retention;

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::source::content::ContentFacts;
+
 /// Manifest format version; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -37,6 +39,9 @@ pub struct Manifest {
     pub dirty_reasons: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the snapshot holds (live etcd sources): checked by `drill` against a restored copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentFacts>,
     pub artifacts: Artifacts,
 }
 

@@ -14,6 +14,7 @@ use crate::error::Refused;
 use crate::manifest::{Artifact, Artifacts, FORMAT_VERSION, Manifest, SourceInfo};
 use crate::pipeline::{self, Encoding, ShipError};
 use crate::source::backup_dir::{self, BackupDirPair};
+use crate::source::content::ContentFacts;
 use crate::source::etcd::{ClusterFacts, EtcdMember};
 use crate::source::static_resources;
 use crate::store::catalog::list_backups;
@@ -132,6 +133,7 @@ enum Prepared {
     Etcd {
         member: Box<EtcdMember>,
         facts: ClusterFacts,
+        content: Option<ContentFacts>,
     },
     BackupDir {
         pair: BackupDirPair,
@@ -149,9 +151,18 @@ async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow:
             if facts.openshift {
                 dirty_reasons = guard_settled_operators(&mut member, force).await?;
             }
+            // Best effort: a backup is worth more than its description.
+            let content = match member.content_facts(false).await {
+                Ok((content, _)) => Some(content),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key counts not recorded; `drill` will check less");
+                    None
+                }
+            };
             Prepared::Etcd {
                 member: Box::new(member),
                 facts,
+                content,
             }
         }
         SnapshotSource::BackupDir { dir, etcd } => {
@@ -251,7 +262,7 @@ async fn write_backup<'t>(
         etcd_trailer: true,
         progress: telemetry::progress("snapshot", snapshot_size),
     };
-    let (snapshot_artifact, source, facts) = match prepared {
+    let (snapshot_artifact, source, facts, content) = match prepared {
         Prepared::BackupDir { pair, facts } => {
             let file = pair.snapshot.clone();
             let (artifact, _) = pipeline::ship(
@@ -262,9 +273,13 @@ async fn write_backup<'t>(
             )
             .await
             .with_context(|| format!("shipping {}", pair.snapshot.display()))?;
-            (artifact, pair.source_info(), facts)
+            (artifact, pair.source_info(), facts, None)
         }
-        Prepared::Etcd { member, facts } => {
+        Prepared::Etcd {
+            member,
+            facts,
+            content,
+        } => {
             let SnapshotSource::Etcd(etcd) = &config.source else {
                 unreachable!("prepared from an etcd source");
             };
@@ -276,7 +291,12 @@ async fn write_backup<'t>(
                 snapshot_encoding,
             )
             .await?;
-            (artifact, source, facts)
+            // After a failover the snapshot came from another member, which may lag.
+            let content = content.filter(|c| match &source {
+                SourceInfo::Etcd { revision, .. } => *revision >= c.revision,
+                SourceInfo::BackupDir { .. } => false,
+            });
+            (artifact, source, facts, content)
         }
     };
     written.push((&targets.snapshot, snapshot_key));
@@ -299,6 +319,7 @@ async fn write_backup<'t>(
         dirty: !dirty_reasons.is_empty(),
         dirty_reasons,
         labels: config.labels.clone(),
+        content,
         artifacts: Artifacts {
             snapshot: snapshot_artifact,
             static_resources: static_artifact,

@@ -14,6 +14,7 @@ use tokio_util::io::StreamReader;
 
 use crate::config::EtcdSource;
 use crate::manifest::{SourceInfo, UpgradeInfo};
+use crate::source::content::{self, ContentFacts, EncryptedValue};
 
 /// Where OpenShift keeps the ClusterVersion object (stored as JSON).
 const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
@@ -170,6 +171,21 @@ impl EtcdMember {
             unsettled.extend(state);
         }
         Ok(unsettled)
+    }
+
+    /// Key counts and the encryption in use at this member's revision (see [`content`]).
+    pub async fn content_facts(
+        &mut self,
+        keep_samples: bool,
+    ) -> Result<(ContentFacts, Vec<EncryptedValue>), EtcdError> {
+        content::read(&mut self.client, self.revision, keep_samples)
+            .await
+            .map_err(|e| {
+                self.error(format!(
+                    "reading key counts at revision {}: {e}",
+                    self.revision
+                ))
+            })
     }
 
     fn error(&self, reason: String) -> EtcdError {

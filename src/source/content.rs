@@ -1,0 +1,212 @@
+//! Facts about what a snapshot holds, read from etcd at one revision: key counts per
+//! resource prefix and the encryption providers the stored values use. Recorded in the
+//! manifest at backup time and checked against a restored copy by `drill`.
+//!
+//! Cheap next to the snapshot itself: one keys-only scan in pages, and a few values per
+//! prefix (a bounded sample) to read the `k8s:enc:<provider>:v1:<key name>:` prefixes that
+//! kube-apiserver writes before encrypted values.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Client, GetOptions};
+use serde::{Deserialize, Serialize};
+
+/// Keys per keys-only page.
+const PAGE: i64 = 2000;
+/// Distinct prefixes counted by name; the rest are summed under [`OTHER`].
+const MAX_PREFIXES: usize = 2000;
+/// Where keys outside the `/<root>/<resource>/…` shape, or past [`MAX_PREFIXES`], are counted.
+pub const OTHER: &str = "(other)";
+/// Values read per prefix to find the encryption in use.
+const SAMPLE_PER_PREFIX: i64 = 3;
+/// Value bytes sampled in all (etcd values can be 1.5 MiB each).
+const SAMPLE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the snapshot holds, at `revision`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentFacts {
+    /// The revision the counts were taken at (the member's revision when the snapshot
+    /// started; the snapshot holds at least this revision).
+    pub revision: i64,
+    /// All keys at that revision.
+    pub keys: u64,
+    /// Keys per `/<root>/<resource>` prefix (`/kubernetes.io/secrets`, `/openshift.io/routes`).
+    pub prefixes: BTreeMap<String, u64>,
+    /// Encryption found in the sampled values, one entry per provider and key name.
+    #[serde(default)]
+    pub encryption: Vec<EncryptionUse>,
+}
+
+/// Values encrypted by one provider with one key, as seen in the sample.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptionUse {
+    /// `aescbc`, `aesgcm`, `secretbox`, `kms`.
+    pub provider: String,
+    /// The key's name in the EncryptionConfiguration.
+    pub key: String,
+    /// Prefixes where the sample found it.
+    pub prefixes: Vec<String>,
+    /// Sampled values that carried it.
+    pub sampled: u64,
+}
+
+/// One sampled encrypted value, kept for `drill` to decrypt.
+#[derive(Debug, Clone)]
+pub struct EncryptedValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub provider: String,
+    pub key_name: String,
+}
+
+/// The `/<root>/<resource>` prefix of a key, or [`OTHER`].
+pub fn prefix_of(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    let mut parts = text.splitn(4, '/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some(root), Some(resource), Some(_))
+            if !root.is_empty() && !resource.is_empty() =>
+        {
+            format!("/{root}/{resource}")
+        }
+        _ => OTHER.to_string(),
+    }
+}
+
+/// `(provider, key name)` from kube-apiserver's `k8s:enc:<provider>:<version>:<key name>:` prefix.
+pub fn encryption_of(value: &[u8]) -> Option<(String, String)> {
+    let rest = value.strip_prefix(b"k8s:enc:")?;
+    let mut fields = rest.splitn(4, |b| *b == b':');
+    let provider = std::str::from_utf8(fields.next()?).ok()?;
+    let version = fields.next()?;
+    let name = std::str::from_utf8(fields.next()?).ok()?;
+    fields.next()?;
+    (version.first() == Some(&b'v')).then(|| (provider.to_string(), name.to_string()))
+}
+
+/// Length of the `k8s:enc:<provider>:<version>:<key name>:` prefix of an encrypted value.
+pub fn encryption_prefix_len(value: &[u8]) -> Option<usize> {
+    let (provider, name) = encryption_of(value)?;
+    let version_len = value[8 + provider.len() + 1..]
+        .iter()
+        .position(|b| *b == b':')?;
+    Some(8 + provider.len() + 1 + version_len + 1 + name.len() + 1)
+}
+
+/// Reads the facts at `revision`; with `keep_samples`, also the sampled encrypted values.
+pub async fn read(
+    client: &mut Client,
+    revision: i64,
+    keep_samples: bool,
+) -> Result<(ContentFacts, Vec<EncryptedValue>), etcd_client::Error> {
+    let mut facts = ContentFacts {
+        revision,
+        ..ContentFacts::default()
+    };
+    let mut start = vec![0u8];
+    loop {
+        let options = GetOptions::new()
+            .with_from_key()
+            .with_keys_only()
+            .with_limit(PAGE)
+            .with_revision(revision);
+        let mut page = client.get(start.clone(), Some(options)).await?;
+        let more = page.more();
+        let kvs = page.take_kvs();
+        for kv in &kvs {
+            facts.keys += 1;
+            let mut prefix = prefix_of(kv.key());
+            if !facts.prefixes.contains_key(&prefix) && facts.prefixes.len() >= MAX_PREFIXES {
+                prefix = OTHER.to_string();
+            }
+            *facts.prefixes.entry(prefix).or_default() += 1;
+        }
+        match kvs.last() {
+            Some(last) if more => {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            _ => break,
+        }
+    }
+
+    let mut samples = Vec::new();
+    let mut uses: BTreeMap<(String, String), EncryptionUse> = BTreeMap::new();
+    let mut budget = SAMPLE_BYTES;
+    for prefix in facts.prefixes.keys().filter(|p| p.as_str() != OTHER) {
+        if budget == 0 {
+            break;
+        }
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_limit(SAMPLE_PER_PREFIX)
+            .with_revision(revision);
+        let mut found = client.get(format!("{prefix}/"), Some(options)).await?;
+        for kv in found.take_kvs() {
+            budget = budget.saturating_sub(kv.value().len());
+            let Some((provider, key_name)) = encryption_of(kv.value()) else {
+                continue;
+            };
+            let used = uses
+                .entry((provider.clone(), key_name.clone()))
+                .or_insert_with(|| EncryptionUse {
+                    provider: provider.clone(),
+                    key: key_name.clone(),
+                    prefixes: Vec::new(),
+                    sampled: 0,
+                });
+            used.sampled += 1;
+            if used.prefixes.last() != Some(prefix) {
+                used.prefixes.push(prefix.clone());
+            }
+            if keep_samples {
+                samples.push(EncryptedValue {
+                    key: kv.key().to_vec(),
+                    value: kv.value().to_vec(),
+                    provider,
+                    key_name,
+                });
+            }
+        }
+    }
+    facts.encryption = uses.into_values().collect();
+    Ok((facts, samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_encryption_markers() {
+        assert_eq!(
+            prefix_of(b"/kubernetes.io/secrets/ns/name"),
+            "/kubernetes.io/secrets"
+        );
+        assert_eq!(
+            prefix_of(b"/openshift.io/routes/ns/r"),
+            "/openshift.io/routes"
+        );
+        assert_eq!(prefix_of(b"/registry/pods/default/p"), "/registry/pods");
+        assert_eq!(
+            prefix_of(b"/kubernetes.io/ranges/serviceips"),
+            "/kubernetes.io/ranges"
+        );
+        assert_eq!(prefix_of(b"/short/key"), OTHER);
+        assert_eq!(prefix_of(b"plain"), OTHER);
+
+        let value = b"k8s:enc:aescbc:v1:key1:\x00\x01binary";
+        assert_eq!(
+            encryption_of(value),
+            Some(("aescbc".to_string(), "key1".to_string()))
+        );
+        assert_eq!(encryption_prefix_len(value), Some(23));
+        assert_eq!(&value[23..], b"\x00\x01binary");
+        assert_eq!(
+            encryption_of(b"k8s:enc:kms:v2:vault:rest"),
+            Some(("kms".to_string(), "vault".to_string()))
+        );
+        assert_eq!(encryption_of(b"k8s\x00\x0a\x02v1"), None);
+        assert_eq!(encryption_of(b"k8s:enc:aescbc:v1:no-end"), None);
+    }
+}
