@@ -53,8 +53,10 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run as a scheduler: backups on `schedule`, prune after each, metrics.
     Run(RunArgs),
-    /// Age of the newest complete backup, counts and sizes; exit 5 when it is too old.
+    /// Age of the newest complete backup and drill, counts and sizes; exit 5 when too old.
     Status(StatusArgs),
+    /// Restore a backup into a scratch etcd on loopback and check it holds what was recorded.
+    Drill(DrillArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -147,6 +149,21 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// age identity files (the snapshot's, and the keys archive's to check the encryption keys).
+    #[arg(long = "identity", short = 'i', required = true)]
+    pub identities: Vec<PathBuf>,
+    /// Print the drill record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the scratch etcd's data goes (needs about twice the snapshot's size); removed afterwards.
+    #[arg(long, env = "ETCD_OFFSITE_SCRATCH_DIR", default_value = "/var/tmp")]
+    pub scratch_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
@@ -155,6 +172,9 @@ pub struct StatusArgs {
     /// or when there is none.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_age: Option<std::time::Duration>,
+    /// Exit 5 when the newest successful drill is older than this (e.g. `8d`), or there is none.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_drill_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -134,9 +134,9 @@ impl Keyring {
             reason: reason.to_string(),
         };
         let plain = match provider.as_str() {
-            "aescbc" => aes_cbc(secret, data).map_err(|r| failed(r))?,
-            "aesgcm" => aes_gcm(secret, data, etcd_key).map_err(|r| failed(r))?,
-            "secretbox" => secretbox(secret, data).map_err(|r| failed(r))?,
+            "aescbc" => aes_cbc(secret, data).map_err(&failed)?,
+            "aesgcm" => aes_gcm(secret, data, etcd_key).map_err(&failed)?,
+            "secretbox" => secretbox(secret, data).map_err(&failed)?,
             other => return Err(DecryptError::Unsupported(other.to_string())),
         };
         let object = plain.starts_with(b"k8s\0")
@@ -152,7 +152,7 @@ impl Keyring {
 }
 
 fn aes_cbc(key: &[u8], data: &[u8]) -> Result<Vec<u8>, &'static str> {
-    if data.len() < 32 || data.len() % 16 != 0 {
+    if data.len() < 32 || !data.len().is_multiple_of(16) {
         return Err("ciphertext is not whole AES blocks after the IV");
     }
     let (iv, ciphertext) = data.split_at(16);

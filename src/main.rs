@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod config;
+mod drill;
 mod error;
 mod kube_encryption;
 mod manifest;

@@ -152,7 +152,7 @@ async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow:
                 dirty_reasons = guard_settled_operators(&mut member, force).await?;
             }
             // Best effort: a backup is worth more than its description.
-            let content = match member.content_facts(false).await {
+            let content = match member.content_facts_at(member.revision, false).await {
                 Ok((content, _)) => Some(content),
                 Err(e) => {
                     tracing::warn!(error = %e, "key counts not recorded; `drill` will check less");

@@ -7,7 +7,7 @@ use crate::cli::ListArgs;
 use crate::config::Config;
 use crate::manifest::UpgradeInfo;
 use crate::store::Target;
-use crate::store::catalog::{BackupEntry, list_backups};
+use crate::store::catalog::{BackupEntry, DrillSummary, list_backups, read_drill};
 
 #[derive(Serialize)]
 struct ListedBackup<'a> {
@@ -23,6 +23,8 @@ struct ListedBackup<'a> {
     upgrade: Option<&'a UpgradeInfo>,
     /// Taken past a guard (`--force`, `__POSSIBLY_DIRTY__`).
     dirty: bool,
+    /// The newest drill of this backup.
+    drill: Option<DrillSummary>,
     problem: Option<&'a str>,
 }
 
@@ -41,6 +43,7 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
             platform_version: manifest.and_then(|m| m.platform_version.as_deref()),
             upgrade: manifest.and_then(|m| m.upgrade.as_ref()),
             dirty: manifest.is_some_and(|m| m.dirty),
+            drill: None,
             problem: entry.problem.as_deref(),
         }
     }
@@ -49,14 +52,19 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
 pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     let target = Target::open(&config.targets.snapshot)?;
     let entries = list_backups(&target, &config.cluster).await?;
-    let listed: Vec<ListedBackup> = entries.iter().map(ListedBackup::from).collect();
+    let mut listed: Vec<ListedBackup> = entries.iter().map(ListedBackup::from).collect();
+    for (entry, listed) in entries.iter().zip(listed.iter_mut()) {
+        if let Some(key) = entry.drill_records().first() {
+            listed.drill = read_drill(&target, key).await;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     println!(
-        "{:<20} {:<20} {:>10} {:>10} {:<10} STATUS",
-        "ID", "CREATED (UTC)", "STORED", "SNAPSHOT", "PLATFORM"
+        "{:<20} {:<20} {:>10} {:>10} {:<10} {:<18} STATUS",
+        "ID", "CREATED (UTC)", "STORED", "SNAPSHOT", "PLATFORM", "DRILL"
     );
     for b in &listed {
         let status = match (b.complete, b.problem) {
@@ -78,8 +86,16 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
             (false, Some(problem)) => format!("incomplete: {problem}"),
             (false, None) => "incomplete (no manifest)".to_string(),
         };
+        let drill = match &b.drill {
+            Some(d) => format!(
+                "{} {}",
+                if d.ok { "ok" } else { "FAILED" },
+                d.at.format("%Y-%m-%d")
+            ),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<20} {:<20} {:>10} {:>10} {:<10} {status}",
+            "{:<20} {:<20} {:>10} {:>10} {:<10} {drill:<18} {status}",
             b.id,
             b.created_at.format("%Y-%m-%d %H:%M:%S"),
             ByteSize(b.stored_size).display().iec_short().to_string(),

@@ -2,6 +2,7 @@
 
 mod backup;
 mod config_check;
+mod drill;
 mod list;
 mod prune;
 mod restore;
@@ -23,7 +24,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Verify(_)
         | Command::Restore(_)
         | Command::Prune(_)
-        | Command::Status(_) => Purpose::ReadBackups,
+        | Command::Status(_)
+        | Command::Drill(_) => Purpose::ReadBackups,
     };
     let config = config::load(&cli.config, purpose)?;
     match cli.command {
@@ -34,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => prune::run(&config, &args).await,
         Command::Run(args) => run::run(&config, &args).await,
         Command::Status(args) => status::run(&config, &args).await,
+        Command::Drill(args) => drill::run(&config, &args).await,
         Command::Config(ConfigCommand::Check { connect }) => {
             config_check::run(&config, &cli.config, connect).await
         }

@@ -173,19 +173,15 @@ impl EtcdMember {
         Ok(unsettled)
     }
 
-    /// Key counts and the encryption in use at this member's revision (see [`content`]).
-    pub async fn content_facts(
+    /// Key counts and the encryption in use at `revision` (see [`content`]).
+    pub async fn content_facts_at(
         &mut self,
+        revision: i64,
         keep_samples: bool,
     ) -> Result<(ContentFacts, Vec<EncryptedValue>), EtcdError> {
-        content::read(&mut self.client, self.revision, keep_samples)
+        content::read(&mut self.client, revision, keep_samples)
             .await
-            .map_err(|e| {
-                self.error(format!(
-                    "reading key counts at revision {}: {e}",
-                    self.revision
-                ))
-            })
+            .map_err(|e| self.error(format!("reading key counts at revision {revision}: {e}")))
     }
 
     fn error(&self, reason: String) -> EtcdError {

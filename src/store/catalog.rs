@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::layout::{MANIFEST_OBJECT, id_time};
+use super::layout::{DRILL_PREFIX, MANIFEST_OBJECT, id_time};
 use super::{StoreError, StoreErrorKind, StoredObject, Target};
 use crate::manifest::Manifest;
 
@@ -46,6 +46,49 @@ impl BackupEntry {
     pub fn stored_bytes(&self) -> u64 {
         self.objects.iter().map(|o| o.size).sum()
     }
+
+    /// Keys of this backup's drill records, newest first.
+    pub fn drill_records(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self
+            .objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .filter(|k| {
+                k.rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.starts_with(DRILL_PREFIX) && name.ends_with(".json"))
+            })
+            .collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        keys
+    }
+}
+
+/// A drill record in short: when, and whether every check held.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DrillSummary {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+}
+
+/// Drill records are a few KiB; a larger object is not one.
+const DRILL_RECORD_CAP: usize = 1024 * 1024;
+
+/// The drill record at `key`, or None when it is unreadable or not a drill record
+/// (stored objects are untrusted: a damaged record never fails a listing).
+pub async fn read_drill(target: &Target, key: &str) -> Option<DrillSummary> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        at: DateTime<Utc>,
+        ok: bool,
+    }
+    let bytes = target.read(key).await.ok()?;
+    if bytes.len() > DRILL_RECORD_CAP {
+        return None;
+    }
+    serde_json::from_slice::<Record>(&bytes)
+        .ok()
+        .map(|r| DrillSummary { at: r.at, ok: r.ok })
 }
 
 /// Objects of a cluster listing grouped by backup id (`<cluster>/<id>/<name>`); others are skipped.

@@ -10,6 +10,14 @@ pub const STATIC_OBJECT: &str = "static_kuberesources.tar.zst.age";
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 /// Claims an id while a backup is being written; removed after the commit.
 pub const IN_PROGRESS_OBJECT: &str = "in-progress.json";
+/// Drill records, `drill-<YYYYMMDDTHHMMSSZ>-<n>.json`, one per drill (create-only).
+pub const DRILL_PREFIX: &str = "drill-";
+
+/// The object name of a drill record made at `at`.
+pub fn drill_record_name(at: DateTime<Utc>, n: u32) -> String {
+    format!("{DRILL_PREFIX}{}-{n:04}.json", at.format(ID_FORMAT))
+}
+
 /// One per cluster: held while a backup runs so several hosts produce one backup.
 pub const LOCK_OBJECT: &str = "backup.lock";
 

@@ -1,0 +1,231 @@
+//! A throwaway etcd started from a restored snapshot with the stock etcd tools, on loopback
+//! ports, in a scratch directory that goes away with it, whatever happened.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::EtcdSource;
+use crate::source::etcd::EtcdMember;
+
+/// Why a drill could not run at all (exit 1), as opposed to a check that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the drill could not run: {0}")]
+pub struct CannotRun(pub String);
+
+/// The stock tools the drill uses, found on PATH.
+#[derive(Debug, Clone)]
+pub struct EtcdTools {
+    pub etcd: PathBuf,
+    /// `etcdutl` (3.5+) or `etcdctl` (3.4), for `snapshot restore`.
+    pub restore: PathBuf,
+}
+
+impl EtcdTools {
+    pub fn find() -> Result<Self, CannotRun> {
+        let etcd = which("etcd").ok_or_else(|| {
+            CannotRun(
+                "no `etcd` binary on PATH; install etcd (Debian: etcd-server) on the drill host"
+                    .into(),
+            )
+        })?;
+        let restore = which("etcdutl").or_else(|| which("etcdctl")).ok_or_else(|| {
+            CannotRun("neither `etcdutl` nor `etcdctl` is on PATH; install etcd's tools (Debian: etcd-client)".into())
+        })?;
+        Ok(Self { etcd, restore })
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A private directory removed (with everything in it) on drop.
+pub struct ScratchDir {
+    pub path: PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates `<parent>/etcd-offsite-drill-<id>-<pid>` after checking that `parent` has
+    /// room for `needed` bytes.
+    pub fn create(parent: &Path, id: &str, needed: u64) -> Result<Self, CannotRun> {
+        let stat = rustix::fs::statvfs(parent).map_err(|e| {
+            CannotRun(format!(
+                "scratch directory {}: {e}; pass --scratch-dir",
+                parent.display()
+            ))
+        })?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < needed {
+            return Err(CannotRun(format!(
+                "{} has {} free, the drill needs about {} (the snapshot and a restored copy); pass --scratch-dir on a larger disk",
+                parent.display(),
+                bytesize::ByteSize(free).display().iec_short(),
+                bytesize::ByteSize(needed).display().iec_short()
+            )));
+        }
+        let path = parent.join(format!("etcd-offsite-drill-{id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| CannotRun(format!("creating {}: {e}", path.display())))?;
+        Ok(Self { path })
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the drill's scratch directory");
+        }
+    }
+}
+
+/// A running throwaway etcd; stopped on drop.
+pub struct ScratchEtcd {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+impl Drop for ScratchEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ScratchEtcd {
+    /// Restores `snapshot` into `<scratch>/data` with the stock tool, starts etcd on it and
+    /// waits until it answers. Errors carry the tool's own last words.
+    pub async fn start(tools: &EtcdTools, scratch: &Path, snapshot: &Path) -> Result<Self, String> {
+        let client_port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
+        let peer_port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let data = scratch.join("data");
+        let restored = Command::new(&tools.restore)
+            .env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", "drill", "--initial-cluster"])
+            .arg(format!("drill={peer}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", tools.restore.display()))?;
+        if !restored.status.success() {
+            return Err(format!(
+                "`{} snapshot restore` refused the snapshot: {}",
+                tools.restore.display(),
+                last_line(&restored.stderr)
+            ));
+        }
+        let log = scratch.join("etcd.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(&tools.etcd)
+            .args(["--name", "drill", "--data-dir"])
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(&endpoint)
+            .arg("--advertise-client-urls")
+            .arg(&endpoint)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("drill={peer}"))
+            // Drills read large values; nothing else talks to this member.
+            .args([
+                "--max-request-bytes",
+                "33554432",
+                "--quota-backend-bytes",
+                "17179869184",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", tools.etcd.display()))?;
+        let mut etcd = Self {
+            child,
+            endpoint,
+            log,
+        };
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "etcd exited ({status}) on the restored data: {}",
+                    self.log_tail()
+                ));
+            }
+            if self.connect().await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd did not answer within 120 s on the restored data: {}",
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// A client of this member.
+    pub async fn connect(&self) -> Result<EtcdMember, String> {
+        let source = EtcdSource {
+            endpoints: vec![self.endpoint.clone()],
+            discover: None,
+            base_dir: None,
+            node_name: None,
+            cacert: None,
+            cert: None,
+            key: None,
+            timeout: Duration::from_secs(10),
+            read_rate_limit: None,
+        };
+        EtcdMember::connect(&source, &self.endpoint)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn log_tail(&self) -> String {
+        last_line(&std::fs::read(&self.log).unwrap_or_default())
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The last non-empty line a tool printed, shortened.
+fn last_line(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)");
+    line.chars().take(300).collect()
+}

@@ -1,0 +1,252 @@
+//! Restore drills (issue 12) against a real etcd holding Kubernetes-like data whose secrets
+//! and configmaps are encrypted exactly as kube-apiserver writes them (aescbc, aesgcm), with
+//! the matching EncryptionConfiguration in the static resources, as on OpenShift.
+
+mod common;
+
+use std::path::Path;
+
+use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use base64::Engine as _;
+use common::fixture::Fixture;
+use common::*;
+
+const CBC_KEY: [u8; 32] = [0x11; 32];
+const GCM_KEY: [u8; 32] = [0x22; 32];
+
+/// `k8s:enc:<provider>:v1:<name>:` + ciphertext, as kube-apiserver stores a value.
+fn seal(provider: &str, name: &str, key: &[u8; 32], etcd_key: &str, plain: &[u8]) -> Vec<u8> {
+    let mut out = format!("k8s:enc:{provider}:v1:{name}:").into_bytes();
+    let seed = etcd_key.len() as u8;
+    match provider {
+        "aescbc" => {
+            let iv = [seed; 16];
+            out.extend_from_slice(&iv);
+            out.extend(
+                cbc::Encryptor::<aes::Aes256>::new_from_slices(key, &iv)
+                    .unwrap()
+                    .encrypt_padded_vec_mut::<Pkcs7>(plain),
+            );
+        }
+        "aesgcm" => {
+            let nonce = [seed; 12];
+            out.extend_from_slice(&nonce);
+            let payload = Payload {
+                msg: plain,
+                aad: etcd_key.as_bytes(),
+            };
+            out.extend(
+                aes_gcm::Aes256Gcm::new_from_slice(key)
+                    .unwrap()
+                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload)
+                    .unwrap(),
+            );
+        }
+        other => panic!("{other}"),
+    }
+    out
+}
+
+fn encryption_config(cbc_key: &[u8; 32]) -> String {
+    let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+    format!(
+        "{{\"kind\":\"EncryptionConfiguration\",\"apiVersion\":\"apiserver.config.k8s.io/v1\",\"resources\":[{{\"resources\":[\"secrets\",\"configmaps\"],\"providers\":[{{\"aescbc\":{{\"keys\":[{{\"name\":\"key1\",\"secret\":\"{}\"}}]}}}},{{\"aesgcm\":{{\"keys\":[{{\"name\":\"gcm1\",\"secret\":\"{}\"}}]}}}},{{\"identity\":{{}}}}]}}]}}",
+        b64(cbc_key),
+        b64(&GCM_KEY)
+    )
+}
+
+/// OpenShift's place for the running kube-apiserver's EncryptionConfiguration.
+fn write_encryption_config(fx: &Fixture, cbc_key: &[u8; 32]) {
+    let dir = fx.static_dir.join("secrets");
+    let _ = std::fs::remove_file(dir.join("encryption-config"));
+    std::fs::create_dir_all(dir.join("encryption-config")).unwrap();
+    std::fs::write(
+        dir.join("encryption-config/encryption-config"),
+        encryption_config(cbc_key),
+    )
+    .unwrap();
+}
+
+/// Kubernetes-like data: plain objects, and encrypted secrets and configmaps.
+fn load_cluster(etcd: &EtcdServer) {
+    etcd.load_with(400, 300, "/kubernetes.io/pods/", 1);
+    for i in 0..12 {
+        let key = format!("/kubernetes.io/secrets/ns{}/secret-{i}", i % 3);
+        let object = format!("k8s\0\n\x0c\n\x02v1\x12\x06Secret\x12secret-{i}");
+        etcd.put(
+            &key,
+            seal("aescbc", "key1", &CBC_KEY, &key, object.as_bytes()),
+        );
+        let key = format!("/kubernetes.io/configmaps/ns{}/cm-{i}", i % 3);
+        let object = format!("{{\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"cm-{i}\"}}}}");
+        etcd.put(
+            &key,
+            seal("aesgcm", "gcm1", &GCM_KEY, &key, object.as_bytes()),
+        );
+    }
+}
+
+fn drill(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Output {
+    let mut cmd = fx.cmd(config);
+    cmd.arg("drill")
+        .args(id.map_or(vec!["--latest"], |id| vec![id]));
+    cmd.arg("--json")
+        .arg("--scratch-dir")
+        .arg(fx.path("scratch"))
+        .args(fx.identity_args());
+    run(&mut cmd)
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe_output(out)))
+}
+
+fn check<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    record["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {record}"))
+}
+
+#[test]
+fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
+    let etcd = EtcdServer::start(false);
+    load_cluster(&etcd);
+    let fx = Fixture::new();
+    write_encryption_config(&fx, &CBC_KEY);
+    std::fs::create_dir_all(fx.path("scratch")).unwrap();
+    let (target, config) = fx.dir_config(&etcd, "");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&run_ok(fx.cmd(&config).args(["backup", "--json"])).stdout).unwrap();
+    let content = &manifest["content"];
+    assert_eq!(
+        content["prefixes"]["/kubernetes.io/secrets"], 12,
+        "{content}"
+    );
+    assert_eq!(content["prefixes"]["/kubernetes.io/pods"], 400, "{content}");
+    let uses: Vec<String> = content["encryption"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u["provider"].as_str().unwrap(),
+                u["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(uses, ["aescbc:key1", "aesgcm:gcm1"], "{content}");
+
+    // Every check holds: exit 0, the counts and the decrypted sample reported.
+    let out = drill(&fx, &config, None);
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    let record = json(&out);
+    assert_eq!(record["ok"], true, "{record}");
+    assert_eq!(check(&record, "key counts")["ok"], true, "{record}");
+    assert!(
+        record["decrypted"]["aescbc:key1"].as_u64().unwrap() >= 1,
+        "{record}"
+    );
+    assert!(
+        record["decrypted"]["aesgcm:gcm1"].as_u64().unwrap() >= 1,
+        "{record}"
+    );
+    assert_eq!(record["restored"]["keys"], content["keys"]);
+    // Nothing left in the scratch directory, the scratch etcd is gone.
+    assert_eq!(std::fs::read_dir(fx.path("scratch")).unwrap().count(), 0);
+    // The record is stored beside the manifest; list and status show it.
+    let id = manifest["id"].as_str().unwrap();
+    let records: Vec<_> = std::fs::read_dir(target.join("test").join(id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("drill-"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&run_ok(fx.cmd(&config).args(["list", "--json"])).stdout).unwrap();
+    assert_eq!(listed[0]["drill"]["ok"], true, "{listed}");
+    run_ok(
+        fx.cmd(&config)
+            .args(["status", "--max-age", "1h", "--max-drill-age", "1h"]),
+    );
+
+    // The recorded counts differ from what the snapshot restores to (a test-only edit of
+    // the unsigned manifest): exit 3, naming the prefix.
+    let manifest_path = target.join("test").join(id).join("manifest.json");
+    let mut altered: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    altered["content"]["prefixes"]["/kubernetes.io/secrets"] = serde_json::json!(13);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&altered).unwrap()).unwrap();
+    let out = drill(&fx, &config, Some(id));
+    assert_eq!(exit_code(&out), 3, "{}", describe_output(&out));
+    let record = json(&out);
+    let counts = check(&record, "key counts");
+    assert_eq!(counts["ok"], false, "{record}");
+    assert!(
+        counts["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/kubernetes.io/secrets: 12, recorded 13"),
+        "{counts}"
+    );
+    // Its failed drill is the newest; status still finds the older successful one.
+    run_ok(fx.cmd(&config).args(["status", "--max-drill-age", "1h"]));
+}
+
+#[test]
+fn a_keys_archive_with_another_key_fails_the_drill() {
+    let etcd = EtcdServer::start(false);
+    load_cluster(&etcd);
+    let fx = Fixture::new();
+    // Rotated, or taken from another cluster: a key named key1, but not the one in use.
+    write_encryption_config(&fx, &[0x33; 32]);
+    std::fs::create_dir_all(fx.path("scratch")).unwrap();
+    let (_, config) = fx.dir_config(&etcd, "");
+    run_ok(fx.cmd(&config).arg("backup"));
+    let out = drill(&fx, &config, None);
+    assert_eq!(exit_code(&out), 3, "{}", describe_output(&out));
+    let record = json(&out);
+    let keys = check(&record, "keys archive opens the encrypted values");
+    assert_eq!(keys["ok"], false, "{record}");
+    let detail = keys["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("aescbc key key1 does not decrypt it"),
+        "{detail}"
+    );
+    // The restore itself was fine.
+    assert_eq!(check(&record, "key counts")["ok"], true, "{record}");
+    assert!(
+        stderr_str(&out).contains("drill of backup"),
+        "{}",
+        describe_output(&out)
+    );
+    // No drill tools: the drill cannot run (exit 1), and says what to install.
+    let out = run(&mut drill_without_tools(&fx, &config));
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains("no `etcd` binary on PATH"),
+        "{}",
+        describe_output(&out)
+    );
+    let out = run_code(fx.cmd(&config).args(["status", "--max-drill-age", "1d"]), 5);
+    assert!(
+        stderr_str(&out).contains("no successful drill"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+fn drill_without_tools(fx: &Fixture, config: &Path) -> std::process::Command {
+    let mut cmd = fx.cmd(config);
+    cmd.env("PATH", "/nonexistent")
+        .args(["drill", "--latest", "--scratch-dir"])
+        .arg(fx.path("scratch"))
+        .args(fx.identity_args());
+    cmd
+}
