@@ -266,6 +266,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         ));
     }
     validate_cluster(&raw.cluster)?;
+    validate_durations(&raw)?;
 
     let source = match (raw.source.etcd, raw.source.backup_dir) {
         (Some(etcd), None) => SnapshotSource::Etcd(validate_etcd(etcd, check_files)?),
@@ -411,6 +412,67 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         schedule,
         labels: raw.labels,
     })
+}
+
+/// The longest duration any setting accepts: beyond it, date arithmetic overflows
+/// (a window of 300000 years reaches before year 1), and no real policy needs it.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest etcd timeout: a member silent for a day is not coming back.
+const MAX_ETCD_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Every duration that reaches date or timer arithmetic, checked in one place.
+fn validate_durations(raw: &RawConfig) -> Result<(), ConfigError> {
+    let mut durations: Vec<(&str, Option<Duration>, Duration)> = Vec::new();
+    if let Some(etcd) = &raw.source.etcd {
+        durations.push(("source.etcd.timeout", Some(etcd.timeout), MAX_ETCD_TIMEOUT));
+    }
+    if let Some(policy) = &raw.retention {
+        durations.push(("retention.keep_within", policy.keep_within, MAX_DURATION));
+        durations.push((
+            "retention.incomplete_grace",
+            policy.incomplete_grace,
+            MAX_DURATION,
+        ));
+    }
+    if let Some(schedule) = &raw.schedule {
+        durations.push(("schedule.jitter", schedule.jitter, MAX_DURATION));
+        durations.push((
+            "schedule.upgrade_check",
+            schedule.upgrade_check,
+            MAX_DURATION,
+        ));
+    }
+    for (key, value, max) in durations {
+        if let Some(value) = value.filter(|v| *v > max) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{} is longer than the maximum {}; use a shorter duration{}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max),
+                    if key.starts_with("retention.") {
+                        ", or remove the key"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a command-line duration (`30m`, `2d`) no longer than [`MAX_DURATION`].
+pub fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value > MAX_DURATION {
+        return Err(format!(
+            "longer than the maximum {}; use a shorter duration such as 30m",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(value)
 }
 
 fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
@@ -830,5 +892,70 @@ mod tests {
             "    endpoints: [\"https://127.0.0.1:2379\"]\n    cacert: /nonexistent/ca.crt",
         );
         assert_eq!(err_key(&text), "source.etcd.cacert");
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_name_their_key() {
+        let cases = [
+            (
+                snapshot_only().replace(
+                    "    endpoints: [\"http://127.0.0.1:2379\"]",
+                    "    endpoints: [\"http://127.0.0.1:2379\"]\n    timeout: 300000y",
+                ),
+                "source.etcd.timeout",
+            ),
+            (
+                format!(
+                    "{}retention: {{ keep_last: 2, keep_within: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "retention.keep_within",
+            ),
+            (
+                format!(
+                    "{}retention: {{ keep_last: 2, incomplete_grace: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "retention.incomplete_grace",
+            ),
+            (
+                format!(
+                    "{}schedule: {{ cron: \"0 3 * * *\", jitter: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "schedule.jitter",
+            ),
+            (
+                format!(
+                    "{}schedule: {{ cron: \"0 3 * * *\", upgrade_check: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "schedule.upgrade_check",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text, Purpose::TakeBackups).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.problem.contains("maximum"), "{err}");
+        }
+        let ok = format!(
+            "{}retention: {{ keep_last: 2, keep_within: 99y, incomplete_grace: 30d }}\n",
+            snapshot_only()
+        );
+        parse(&ok, Purpose::TakeBackups).expect("99 years is allowed");
+    }
+
+    #[test]
+    fn command_line_durations_are_bounded() {
+        assert_eq!(
+            parse_bounded_duration("30m"),
+            Ok(Duration::from_secs(30 * 60))
+        );
+        assert!(
+            parse_bounded_duration("300000y")
+                .unwrap_err()
+                .contains("maximum")
+        );
+        assert!(parse_bounded_duration("soon").is_err());
     }
 }
