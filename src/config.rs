@@ -658,7 +658,7 @@ fn resolve_recipients(
             ConfigError::new(&file_key, format!("cannot read {}: {e}", file.display()))
         })?;
         for (n, line) in content.lines().enumerate() {
-            let line = line.trim();
+            let line = line.trim_start_matches('\u{feff}').trim();
             if !line.is_empty() && !line.starts_with('#') {
                 texts.push((
                     format!("{file_key} ({} line {})", file.display(), n + 1),
@@ -675,22 +675,59 @@ fn resolve_recipients(
     }
     let mut keys = Vec::with_capacity(texts.len());
     for (where_, text) in texts {
-        if text.starts_with("AGE-SECRET-KEY-") {
-            // Never echo a secret back.
-            return Err(ConfigError::new(
-                where_,
-                "this is an age identity (secret key), not a recipient; use the public key printed by `age-keygen -y IDENTITY_FILE`",
-            ));
-        }
-        let recipient = age::x25519::Recipient::from_str(&text).map_err(|e| {
-            ConfigError::new(
-                &where_,
-                format!("malformed age recipient {text:?} ({e}); expected an age1… public key from `age-keygen`"),
-            )
-        })?;
-        keys.push(recipient);
+        keys.push(parse_recipient(&where_, &text)?);
     }
     Ok(Recipients { keys })
+}
+
+/// One recipient; errors name its position and never echo text that could be a secret.
+fn parse_recipient(where_: &str, text: &str) -> Result<age::x25519::Recipient, ConfigError> {
+    // Editors on Windows start files with a byte-order mark; it is not part of the key.
+    let text = text.trim_start_matches('\u{feff}').trim();
+    if looks_secret(text) {
+        return Err(ConfigError::new(
+            where_,
+            "this looks like a secret key (an age identity or a private key), not a recipient; \
+             remove it from the config and rotate it if the file was shared, and list the public \
+             key printed by `age-keygen -y IDENTITY_FILE` instead",
+        ));
+    }
+    age::x25519::Recipient::from_str(text).map_err(|_| {
+        ConfigError::new(
+            where_,
+            format!(
+                "not an age recipient ({}); expected an age1… public key from `age-keygen -y IDENTITY_FILE`, \
+                 without quotes inside the value",
+                describe_redacted(text)
+            ),
+        )
+    })
+}
+
+/// Text that must never be echoed: an age identity or a private key, in any case and
+/// wherever it sits in the text (quotes, byte-order marks and spaces around it included).
+fn looks_secret(text: &str) -> bool {
+    let upper = text.to_ascii_uppercase();
+    [
+        "AGE-SECRET-KEY-",
+        "AGE-PLUGIN-",
+        "PRIVATE KEY",
+        "PRIVATE-KEY",
+    ]
+    .iter()
+    .any(|marker| upper.contains(marker))
+}
+
+/// What a malformed recipient looks like, without its text: only a public-looking
+/// `age1` prefix is shown, the rest is reduced to a length.
+fn describe_redacted(text: &str) -> String {
+    let chars = text.chars().count();
+    let shown: String = text.chars().take(8).collect();
+    if text.starts_with("age1") && shown.chars().all(|c| c.is_ascii_alphanumeric()) {
+        format!("\"{shown}…\", {chars} characters")
+    } else {
+        format!("{chars} characters, not starting with `age1`")
+    }
 }
 
 /// Storage schemes and the object_store option keys each accepts.
@@ -851,6 +888,76 @@ mod tests {
         let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
         let err = parse(&snapshot_only().replace(SNAP, secret), Purpose::TakeBackups).unwrap_err();
         assert!(!err.to_string().contains(secret), "secret echoed: {err}");
+    }
+
+    #[test]
+    fn secrets_in_recipients_are_named_by_position_never_echoed() {
+        let secret = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+        let body = &secret["AGE-SECRET-KEY-1".len()..];
+        let lower = secret.to_ascii_lowercase();
+        let variants = [
+            secret.to_string(),
+            lower.clone(),
+            format!("\u{feff}{secret}"),
+            format!("\u{feff}{lower}"),
+            format!("\\\"{lower}\\\""),
+            format!("'{secret}'"),
+            format!("  {lower}\\t"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----".to_string(),
+            "-----begin private key----- MC4CAQAwBQYDK2VwBCIEIOZ0".to_string(),
+        ];
+        for (i, variant) in variants.iter().enumerate() {
+            let text = snapshot_only().replace(
+                &format!("[\"{SNAP}\"]"),
+                &format!("[\"{SNAP}\", \"{variant}\"]"),
+            );
+            let err = parse(&text, Purpose::TakeBackups).expect_err(variant);
+            let shown = err.to_string();
+            assert_eq!(
+                err.key, "encryption.snapshot.recipients[1]",
+                "case {i}: {shown}"
+            );
+            assert!(shown.contains("secret key"), "case {i}: {shown}");
+            for needle in [body, &body.to_ascii_lowercase(), "MC4CAQAw"] {
+                assert!(!shown.contains(needle), "case {i} echoed: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_in_a_recipients_file_are_named_by_line() {
+        let dir = crate::scratch_dir();
+        let file = dir.path().join("recipients.txt");
+        let secret = "age-secret-key-1gq9778vqxmmjve8sk7j6vt8uj4hdqajuvsfcwcm02d8gewq72pvq2y5j33";
+        std::fs::write(
+            &file,
+            format!("\u{feff}# snapshot keys\n{SNAP}\n\n  \"{secret}\"  \n"),
+        )
+        .unwrap();
+        let text = snapshot_only().replace(
+            &format!("recipients: [\"{SNAP}\"]"),
+            &format!("recipients_file: {}", file.display()),
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(err.key.ends_with("line 4)"), "{err}");
+        assert!(!err.to_string().contains(&secret[16..]), "echoed: {err}");
+        // A byte-order mark before a recipient is not part of it.
+        std::fs::write(&file, format!("\u{feff}{SNAP}\n")).unwrap();
+        parse(&text, Purpose::TakeBackups).expect("a BOM is tolerated");
+    }
+
+    #[test]
+    fn malformed_recipients_show_at_most_a_short_prefix() {
+        let long = format!("{SNAP}x");
+        let err = parse(&snapshot_only().replace(SNAP, &long), Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains(&long[8..]), "{err}");
+        assert!(err.to_string().contains("\"age1ql3z…\""), "{err}");
+        let err = parse(
+            &snapshot_only().replace(SNAP, "hunter2-not-a-key"),
+            Purpose::TakeBackups,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

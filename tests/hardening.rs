@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,4 +115,100 @@ fn durations_out_of_range_are_config_errors_not_panics() {
         .map(|e| e.path())
         .collect();
     assert!(listed.is_empty(), "backups written: {listed:?}");
+}
+
+// ------------------------------------------------------------------ secrets
+
+/// Asserts that none of `secrets` (nor their upper- or lower-case forms) is in stdout or stderr.
+fn assert_no_secret(out: &Output, secrets: &[&str], context: &str) {
+    let text = format!("{}\n{}", stdout_str(out), stderr_str(out));
+    let folded = text.to_ascii_lowercase();
+    for secret in secrets {
+        assert!(
+            !folded.contains(&secret.to_ascii_lowercase()),
+            "{context}: secret {secret:.12}… printed\n{}",
+            describe_output(out)
+        );
+    }
+}
+
+/// The identity's secret line, and the part of it after the fixed prefix.
+fn secret_of(identity_file: &Path) -> String {
+    std::fs::read_to_string(identity_file)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("an identity line")
+        .to_string()
+}
+
+#[test]
+fn identities_in_recipients_exit_2_without_the_secret() {
+    let etcd = EtcdServer::start(false);
+    let fx = Fixture::new();
+    let secret = secret_of(&fx.snapshot_key);
+    let body = secret["AGE-SECRET-KEY-1".len()..].to_string();
+    let lower = secret.to_ascii_lowercase();
+    let (_, url) = fx.file_url("backups");
+    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let source = fx.etcd_source_for(&etcd);
+    let template = fx.write_config("template.yaml", &source, &targets, "");
+    let template = std::fs::read_to_string(template).unwrap();
+    let recipient_line = format!("recipients: [\"{}\"]", fx.snapshot_recipient);
+    assert!(template.contains(&recipient_line));
+
+    // In the recipients list: upper and lower case, a byte-order mark, quotes, whitespace.
+    let inline = [
+        secret.clone(),
+        lower.clone(),
+        format!("\\ufeff{secret}"),
+        format!("\\ufeff{lower}"),
+        format!("\\\"{lower}\\\""),
+        format!("'{secret}'"),
+        format!("  {lower}\\t "),
+    ];
+    for (i, variant) in inline.iter().enumerate() {
+        let text = template.replace(
+            &recipient_line,
+            &format!("recipients: [\"{}\", \"{variant}\"]", fx.snapshot_recipient),
+        );
+        let config = fx.path(&format!("inline-{i}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        for args in [
+            &["backup"][..],
+            &["config", "check"][..],
+            &["-v", "--log-format", "json", "backup"][..],
+        ] {
+            let out = run_within(fx.cmd(&config).args(args), Duration::from_secs(60));
+            assert_config_error(&out, "encryption.snapshot.recipients[1]");
+            assert_no_secret(&out, &[&body], &format!("inline case {i} {args:?}"));
+        }
+    }
+
+    // In a recipients file: the age-keygen output itself, a BOM, quotes, and a PEM key.
+    let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----\n";
+    let files = [
+        (std::fs::read_to_string(&fx.snapshot_key).unwrap(), "line 3"),
+        (format!("\u{feff}{lower}\n"), "line 1"),
+        (format!("# keys\n\"{secret}\"\n"), "line 2"),
+        (format!("{}\n{pem}", fx.snapshot_recipient), "line 2"),
+    ];
+    for (i, (content, line)) in files.iter().enumerate() {
+        let file = fx.path(&format!("recipients-{i}.txt"));
+        std::fs::write(&file, content).unwrap();
+        let text = template.replace(
+            &recipient_line,
+            &format!("recipients_file: {}", file.display()),
+        );
+        let config = fx.path(&format!("file-{i}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        let out = run_within(fx.cmd(&config).arg("backup"), Duration::from_secs(60));
+        assert_config_error(&out, "encryption.snapshot.recipients_file");
+        assert!(stderr_str(&out).contains(line), "{}", describe_output(&out));
+        assert_no_secret(
+            &out,
+            &[&body, "b3BlbnNzaC1rZXkt"],
+            &format!("file case {i}"),
+        );
+    }
 }
