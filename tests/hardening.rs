@@ -212,3 +212,125 @@ fn identities_in_recipients_exit_2_without_the_secret() {
         );
     }
 }
+
+// ------------------------------------------------------------------ keys archive
+
+/// Complete backups listed by `list --json`.
+fn listed_complete(fx: &Fixture, config: &Path) -> Vec<String> {
+    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .filter(|b| b["complete"] == true)
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `age -d | zstd -d` of a backup's keys archive, then `tar -t` over it: the member names.
+fn keys_archive_members(fx: &Fixture, dir: &Path, id: &str) -> Result<Vec<String>, String> {
+    let stored = dir
+        .join("test")
+        .join(id)
+        .join("static_kuberesources.tar.zst.age");
+    let plain = fx.path(&format!("{id}.tar"));
+    age_zstd_decrypt(&fx.static_key, &stored, &plain)?;
+    let out = run(Command::new("tar").arg("-tf").arg(&plain));
+    if !out.status.success() {
+        return Err(describe_output(&out));
+    }
+    Ok(stdout_str(&out).lines().map(str::to_string).collect())
+}
+
+#[test]
+fn a_file_appended_to_during_backups_never_yields_a_broken_listed_keys_archive() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(200, 200);
+    let fx = Fixture::new();
+    let (dir, config) = fx.dir_config(&etcd, "");
+    // A log-like file under the static resources that a writer keeps appending to, in bursts
+    // (so a re-read can land in a quiet moment) and shrinking now and then.
+    let growing = fx.static_dir.join("secrets/audit.log");
+    std::fs::write(&growing, vec![b'a'; 1 << 20]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, growing) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&growing)
+                .unwrap();
+            let mut appends = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let burst = Instant::now();
+                while burst.elapsed() < Duration::from_millis(100) {
+                    file.write_all(&[b'b'; 8192]).unwrap();
+                    appends += 1;
+                    if file.metadata().unwrap().len() > 4 << 20 {
+                        file.set_len(1 << 20).unwrap();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            appends
+        })
+    };
+    let (mut outcomes, mut rereads) = (Vec::new(), 0);
+    for _ in 0..8 {
+        let out = run_within(
+            fx.cmd(&config).args(["-v", "backup", "--no-prune"]),
+            Duration::from_secs(120),
+        );
+        rereads += stderr_str(&out).matches("reading it again").count();
+        match exit_code(&out) {
+            0 => outcomes.push(true),
+            1 => {
+                // A failed backup says which file and why, and lists nothing.
+                assert!(
+                    stderr_str(&out).contains("audit.log")
+                        && stderr_str(&out).contains("kept changing"),
+                    "{}",
+                    describe_output(&out)
+                );
+                outcomes.push(false);
+            }
+            _ => panic!("unexpected exit\n{}", describe_output(&out)),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appends = writer.join().unwrap();
+    assert!(appends > 100, "the writer barely ran ({appends} appends)");
+
+    eprintln!(
+        "backups under the writer: {outcomes:?} (true = listed), {rereads} re-reads, {appends} appends"
+    );
+    let listed = listed_complete(&fx, &config);
+    let succeeded = outcomes.iter().filter(|ok| **ok).count();
+    assert_eq!(
+        listed.len(),
+        succeeded,
+        "listed {listed:?}, outcomes {outcomes:?}"
+    );
+    assert!(
+        succeeded > 0,
+        "no backup succeeded under the writer: {outcomes:?}"
+    );
+    for id in &listed {
+        let members = keys_archive_members(&fx, &dir, id)
+            .unwrap_or_else(|e| panic!("keys archive of listed backup {id} does not read: {e}"));
+        assert!(
+            members.iter().any(|m| m.ends_with("secrets/audit.log")),
+            "{id}: {members:?}"
+        );
+        assert!(
+            members
+                .iter()
+                .any(|m| m.ends_with("secrets/encryption-config")),
+            "{id}: {members:?}"
+        );
+    }
+    // The tool's own deep verify agrees.
+    let mut verify = fx.cmd(&config);
+    verify.args(["verify", "--all"]).args(fx.identity_args());
+    run_ok(&mut verify);
+}
