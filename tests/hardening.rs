@@ -334,3 +334,101 @@ fn a_file_appended_to_during_backups_never_yields_a_broken_listed_keys_archive()
     verify.args(["verify", "--all"]).args(fx.identity_args());
     run_ok(&mut verify);
 }
+
+// ------------------------------------------------------------------ metrics endpoint
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
+}
+
+/// The server has closed this never-used connection (EOF, reset, or a final error reply).
+fn closed_by_server(mut stream: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    match stream.read(&mut buf) {
+        // EOF (0) or a final reply before the close: either way the server let go.
+        Ok(0 | 1..) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn idle_connections_cannot_starve_the_metrics_endpoint() {
+    let etcd = EtcdServer::start(false);
+    let fx = Fixture::new();
+    let (_, config) = fx.dir_config(&etcd, "schedule: { cron: \"0 3 1 1 *\" }\n");
+    let port = free_port();
+    let mut cmd = fx.cmd(&config);
+    cmd.args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let mut service = Service::spawn("etcd-offsite run", cmd, &fx.path("run.log"));
+    service.wait_ready(Duration::from_secs(30), "the metrics endpoint", || {
+        port_open(port)
+    });
+    let pid = service.pid().expect("running");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert_eq!(http("GET", &url, &[], b"").status, 200);
+    let fds_before = fd_count(pid);
+
+    // 200 clients that connect and never send a byte.
+    let flood_started = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let fds_during = fd_count(pid);
+    assert!(
+        fds_during <= fds_before + 64 + 4,
+        "the endpoint holds {} descriptors more than before the flood (limit 64)",
+        fds_during - fds_before
+    );
+    let open_now = idle.iter().filter(|s| !closed_by_server(s)).count();
+    assert!(open_now <= 64, "{open_now} idle connections held, limit 64");
+
+    // The held ones are closed after the header timeout (5 s), not kept forever.
+    let all_closed = wait_until(Duration::from_secs(15), || {
+        idle.iter().all(closed_by_server)
+    });
+    assert!(
+        all_closed,
+        "idle connections still open after {:?}",
+        flood_started.elapsed()
+    );
+    drop(idle);
+
+    // Afterwards /metrics answers promptly, and the descriptors are back.
+    let asked = Instant::now();
+    let response = http("GET", &url, &[], b"");
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .text()
+            .contains("etcd_offsite_last_success_timestamp_seconds"),
+        "{}",
+        response.text()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "/metrics took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        fd_count(pid) <= fds_before + 2,
+        "descriptors not released: {} before, {} after",
+        fds_before,
+        fd_count(pid)
+    );
+    assert_eq!(
+        http("GET", &format!("http://127.0.0.1:{port}/"), &[], b"").status,
+        404
+    );
+    assert!(service.is_running(), "{}", service.log_tail(20));
+}
