@@ -432,3 +432,257 @@ fn idle_connections_cannot_starve_the_metrics_endpoint() {
     );
     assert!(service.is_running(), "{}", service.log_tail(20));
 }
+
+// ------------------------------------------------------------------ secret scan
+
+/// Every regular file under `dir`, with its bytes.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push((path.clone(), read(&path)));
+            }
+        }
+    }
+    found
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[test]
+fn no_planted_secret_in_any_output_and_no_plaintext_in_any_stored_object() {
+    let etcd = EtcdServer::start(true);
+    let tls = etcd.tls().expect("tls").clone();
+    let moto = Moto::start();
+    moto.create_bucket("keys");
+    let fx = Fixture::new();
+
+    // Plaintext markers: in etcd (key and value) and in the static resources.
+    let etcd_marker = "PLAINTEXT-MARKER-ETCD-7f3a9c";
+    let static_marker = "PLAINTEXT-MARKER-STATIC-51bd20";
+    etcd.load(300, 200);
+    etcd.put(
+        &format!("/registry/secrets/default/{etcd_marker}"),
+        etcd_marker,
+    );
+    std::fs::write(
+        fx.static_dir.join("secrets/encryption-config"),
+        format!("kind: EncryptionConfiguration\nsecret: {static_marker}\n"),
+    )
+    .unwrap();
+
+    // Secrets: both age identities, a cloud secret in the target options, the etcd client key.
+    let cloud_secret = "FAKE-CLOUD-SECRET-0c1d2e3f4a5b6c7d8e9f";
+    let client_key = std::fs::read_to_string(&tls.client_key).unwrap();
+    let key_lines: Vec<String> = client_key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .map(str::to_string)
+        .collect();
+    assert!(!key_lines.is_empty(), "client key PEM has a body");
+    let snapshot_secret = secret_of(&fx.snapshot_key);
+    let static_secret = secret_of(&fx.static_key);
+    let mut secrets: Vec<&str> = vec![
+        &snapshot_secret["AGE-SECRET-KEY-1".len()..],
+        &static_secret["AGE-SECRET-KEY-1".len()..],
+        cloud_secret,
+    ];
+    secrets.extend(key_lines.iter().map(String::as_str));
+
+    let s3 = |bucket: &str| {
+        format!(
+            "{{ url: \"s3://{bucket}/etcd\", options: {{ aws_endpoint: \"{}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: AKIDPLANTED, aws_secret_access_key: \"{cloud_secret}\", aws_virtual_hosted_style_request: \"false\" }} }}",
+            moto.endpoint()
+        )
+    };
+    let (dir, url) = fx.file_url("backups");
+    let source = fx.etcd_source_for(&etcd);
+    let targets = format!(
+        "  snapshot: {{ url: \"{url}\" }}\n  static_resources: {}\n",
+        s3("keys")
+    );
+    let config = fx.write_config("config.yaml", &source, &targets, "");
+    let missing_bucket = fx.write_config(
+        "missing-bucket.yaml",
+        &source,
+        &format!(
+            "  snapshot: {{ url: \"{url}\" }}\n  static_resources: {}\n",
+            s3("no-such-bucket")
+        ),
+        "",
+    );
+    let dead_etcd = fx.write_config(
+        "dead-etcd.yaml",
+        &source.replace(
+            &etcd.endpoint(),
+            &format!("https://127.0.0.1:{}", free_port()),
+        ),
+        &targets,
+        "",
+    );
+    let (wrong_key, _) = age_keygen(&fx.path(""), "wrong");
+    let restore_to = fx.path("restored");
+
+    let id_args = fx.identity_args();
+    let logs: [&[&str]; 3] = [&["-v"], &["-vv"], &["-v", "--log-format", "json"]];
+    let mut outputs: Vec<(String, Output)> = Vec::new();
+    let record = |outputs: &mut Vec<(String, Output)>,
+                  what: &str,
+                  config: &Path,
+                  args: &[&str],
+                  expect: Option<i32>| {
+        for log in logs {
+            let mut cmd = fx.cmd(config);
+            cmd.args(log).args(args);
+            let out = run_within(&mut cmd, Duration::from_secs(120));
+            if let Some(code) = expect {
+                assert_eq!(exit_code(&out), code, "{what}\n{}", describe_output(&out));
+            }
+            assert_ne!(
+                exit_code(&out),
+                101,
+                "{what} panicked\n{}",
+                describe_output(&out)
+            );
+            outputs.push((format!("{what} {log:?}"), out));
+        }
+    };
+    record(&mut outputs, "backup", &config, &["backup"], Some(0));
+    record(
+        &mut outputs,
+        "backup --json",
+        &config,
+        &["backup", "--json", "--no-prune"],
+        Some(0),
+    );
+    record(
+        &mut outputs,
+        "config check --connect",
+        &config,
+        &["config", "check", "--connect"],
+        Some(0),
+    );
+    record(&mut outputs, "list", &config, &["list"], Some(0));
+    record(
+        &mut outputs,
+        "list --json",
+        &config,
+        &["list", "--json"],
+        Some(0),
+    );
+    let verify: Vec<&str> = ["verify", "--all"]
+        .into_iter()
+        .chain(id_args.iter().map(String::as_str))
+        .collect();
+    record(&mut outputs, "verify", &config, &verify, Some(0));
+    let restore_args = |to: &Path| -> Vec<String> {
+        let mut args: Vec<String> = vec!["restore".into(), "--latest".into(), "--to".into()];
+        args.push(to.display().to_string());
+        args.extend(id_args.iter().cloned());
+        args
+    };
+    for (i, log) in logs.iter().enumerate() {
+        let to = restore_to.join(i.to_string());
+        let mut cmd = fx.cmd(&config);
+        cmd.args(*log).args(restore_args(&to));
+        let out = run_within(&mut cmd, Duration::from_secs(120));
+        assert_eq!(exit_code(&out), 0, "restore\n{}", describe_output(&out));
+        outputs.push((format!("restore {log:?}"), out));
+    }
+    // Error paths.
+    let wrong = wrong_key.display().to_string();
+    record(
+        &mut outputs,
+        "verify, wrong identity",
+        &config,
+        &["verify", "--latest", "--identity", &wrong],
+        None,
+    );
+    let only_snapshot = fx.snapshot_key.display().to_string();
+    let to = restore_to.join("partial").display().to_string();
+    record(
+        &mut outputs,
+        "restore, keys identity missing",
+        &config,
+        &[
+            "restore",
+            "--latest",
+            "--to",
+            &to,
+            "--identity",
+            &only_snapshot,
+        ],
+        None,
+    );
+    let secret_as_identity = fx.path("secret-as-identity.txt");
+    std::fs::write(&secret_as_identity, format!("\"{snapshot_secret}\"\n")).unwrap();
+    let bad_identity = secret_as_identity.display().to_string();
+    record(
+        &mut outputs,
+        "verify, quoted identity",
+        &config,
+        &["verify", "--latest", "--identity", &bad_identity],
+        Some(2),
+    );
+    record(
+        &mut outputs,
+        "backup, missing bucket",
+        &missing_bucket,
+        &["backup"],
+        Some(1),
+    );
+    record(
+        &mut outputs,
+        "backup, etcd down",
+        &dead_etcd,
+        &["backup"],
+        Some(1),
+    );
+
+    for (what, out) in &outputs {
+        assert_no_secret(out, &secrets, what);
+    }
+    // The scan reads real output: the manifests printed by `backup --json` name the public keys.
+    assert!(
+        outputs
+            .iter()
+            .any(|(_, out)| stdout_str(out).contains(&fx.static_recipient)),
+        "no output names the keys recipient"
+    );
+
+    // No plaintext marker in any stored object, on either target.
+    let mut stored = files_under(&dir);
+    for key in moto.list_keys("keys", "") {
+        let bytes = moto.get_object("keys", &key).expect("listed object");
+        stored.push((key.into(), bytes));
+    }
+    assert!(
+        stored.len() >= 6,
+        "{:?}",
+        stored.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    for (path, bytes) in &stored {
+        for needle in [etcd_marker, static_marker].iter().chain(secrets.iter()) {
+            assert!(
+                !contains(bytes, needle),
+                "{} holds {needle:.24}…",
+                path.display()
+            );
+        }
+    }
+    // The markers were really backed up: they come back after decryption.
+    let restored = files_under(&restore_to.join("0"));
+    assert!(
+        restored.iter().any(|(_, b)| contains(b, etcd_marker)),
+        "etcd marker restored"
+    );
+}
