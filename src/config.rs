@@ -24,6 +24,8 @@ pub struct Config {
     pub retention: Option<RetentionPolicy>,
     pub schedule: Option<Schedule>,
     pub labels: BTreeMap<String, String>,
+    /// Manifest signing (backup) and the keys trusted to have signed (verify, restore).
+    pub signing: crate::signing::SigningConfig,
 }
 
 /// Where the snapshot comes from.
@@ -166,6 +168,7 @@ struct RawConfig {
     schedule: Option<RawSchedule>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    signing: Option<crate::signing::SigningConfig>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +398,11 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         ));
     }
 
+    let signing = match raw.signing {
+        Some(signing) => validate_signing(signing, check_files)?,
+        None => Default::default(),
+    };
+
     Ok(Config {
         cluster: raw.cluster,
         source,
@@ -411,7 +419,28 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         retention: raw.retention,
         schedule,
         labels: raw.labels,
+        signing,
     })
+}
+
+/// Backups need the key; readers need the allowed signers (each host has its own file).
+fn validate_signing(
+    signing: crate::signing::SigningConfig,
+    check_files: bool,
+) -> Result<crate::signing::SigningConfig, ConfigError> {
+    if signing.key.is_none() && signing.allowed_signers.is_none() {
+        return Err(ConfigError::new(
+            "signing",
+            "empty; set `key` (to sign backups) and/or `allowed_signers` (to accept only signed backups), or remove the section",
+        ));
+    }
+    if let Some(key) = signing.key.as_ref().filter(|_| check_files) {
+        crate::signing::Signer::load(key)?;
+    }
+    if let Some(allowed) = signing.allowed_signers.as_ref().filter(|_| !check_files) {
+        crate::signing::AllowedSigners::load(allowed)?;
+    }
+    Ok(signing)
 }
 
 /// The longest duration any setting accepts: beyond it, date arithmetic overflows

@@ -7,6 +7,7 @@ mod error;
 mod manifest;
 mod pipeline;
 mod retention;
+mod signing;
 mod source;
 mod store;
 mod telemetry;

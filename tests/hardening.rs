@@ -686,3 +686,174 @@ fn no_planted_secret_in_any_output_and_no_plaintext_in_any_stored_object() {
         "etcd marker restored"
     );
 }
+
+// ------------------------------------------------------------------ signed manifests
+
+/// `ssh-keygen -t ed25519` in `dir`: (private key file, public key line).
+fn ssh_keypair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path),
+    );
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public.trim().to_string())
+}
+
+fn backup_id(fx: &Fixture, config: &Path) -> String {
+    let out = run_ok(fx.cmd(config).args(["backup", "--no-prune"]));
+    stdout_str(&out).lines().last().unwrap().to_string()
+}
+
+fn manifest_json(dir: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&read(&dir.join("test").join(id).join("manifest.json"))).unwrap()
+}
+
+#[test]
+fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(100, 100);
+    let fx = Fixture::new();
+    let (key, public) = ssh_keypair(fx.dir.path(), "signer");
+    let (other_key, _) = ssh_keypair(fx.dir.path(), "intruder");
+    let allowed = fx.path("allowed_signers");
+    std::fs::write(&allowed, format!("backups@prod {public}\n")).unwrap();
+    let (dir, url) = fx.file_url("backups");
+    let source = fx.etcd_source_for(&etcd);
+    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let signing = |key: Option<&Path>| {
+        let key = key.map_or(String::new(), |k| format!("key: {}, ", k.display()));
+        format!(
+            "signing: {{ {key}allowed_signers: {} }}\n",
+            allowed.display()
+        )
+    };
+    let signed = fx.write_config("signed.yaml", &source, &targets, &signing(Some(&key)));
+    let reader_only = fx.write_config("reader.yaml", &source, &targets, &signing(None));
+    let intruder = fx.write_config(
+        "intruder.yaml",
+        &source,
+        &targets,
+        &signing(Some(&other_key)),
+    );
+    let trusting = fx.write_config("trusting.yaml", &source, &targets, "");
+    let ids = fx.identity_args();
+    let verify = |config: &Path, id: &str, code: i32| -> Output {
+        let mut cmd = fx.cmd(config);
+        cmd.args(["verify", id]).args(&ids);
+        run_code(&mut cmd, code)
+    };
+
+    let a = backup_id(&fx, &signed);
+    etcd.put("/registry/configmaps/default/later", "later");
+    let b = backup_id(&fx, &signed);
+    let a_dir = dir.join("test").join(&a);
+    assert!(a_dir.join("manifest.json.sig").is_file());
+
+    // Stock OpenSSH accepts the signature; the wrong principal or namespace does not.
+    let ssh_verify = |principal: &str, namespace: &str| {
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-Y", "verify", "-f"])
+            .arg(&allowed)
+            .args(["-I", principal, "-n", namespace, "-s"])
+            .arg(a_dir.join("manifest.json.sig"));
+        exit_code(&run_with_stdin(
+            &mut cmd,
+            &read(&a_dir.join("manifest.json")),
+        ))
+    };
+    assert_eq!(ssh_verify("backups@prod", "etcd-offsite"), 0);
+    assert_ne!(ssh_verify("backups@prod", "git"), 0);
+    assert_ne!(ssh_verify("someone@else", "etcd-offsite"), 0);
+
+    verify(&signed, &a, 0);
+    verify(&reader_only, &b, 0);
+
+    // Planted 1: a copy of a genuine manifest under another (newer) id, signature copied too.
+    let planted = "20991231T235959Z";
+    let planted_dir = dir.join("test").join(planted);
+    std::fs::create_dir_all(&planted_dir).unwrap();
+    let mut copied = manifest_json(&dir, &a);
+    copied["id"] = planted.into();
+    std::fs::write(
+        planted_dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&copied).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        a_dir.join("manifest.json.sig"),
+        planted_dir.join("manifest.json.sig"),
+    )
+    .unwrap();
+    // Without trusted keys the plant is self-consistent: that is the threat.
+    verify(&trusting, planted, 0);
+    let out = verify(&reader_only, planted, 3);
+    assert!(
+        stdout_str(&out).contains("does not match"),
+        "{}",
+        describe_output(&out)
+    );
+    let to = fx.path("restore-latest");
+    let mut restore = fx.cmd(&reader_only);
+    restore
+        .args(["restore", "--latest", "--force", "--to"])
+        .arg(&to)
+        .args(&ids);
+    let out = run_code(&mut restore, 3);
+    assert!(
+        stderr_str(&out).contains(planted),
+        "{}",
+        describe_output(&out)
+    );
+    assert!(
+        std::fs::read_dir(&to).map_or(true, |mut d| d.next().is_none()),
+        "nothing restored from a planted backup"
+    );
+    std::fs::remove_dir_all(&planted_dir).unwrap();
+
+    // Planted 2: a genuine id whose manifest now describes other objects (digests rewritten).
+    let original = read(&a_dir.join("manifest.json"));
+    let mut rewritten = manifest_json(&dir, &a);
+    rewritten["artifacts"]["snapshot"] = manifest_json(&dir, &b)["artifacts"]["snapshot"].clone();
+    std::fs::write(
+        a_dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&rewritten).unwrap(),
+    )
+    .unwrap();
+    verify(&trusting, &a, 0);
+    verify(&reader_only, &a, 3);
+    let mut restore = fx.cmd(&reader_only);
+    restore
+        .args(["restore", &a, "--force", "--to"])
+        .arg(fx.path("restore-a"))
+        .args(&ids);
+    run_code(&mut restore, 3);
+    std::fs::write(a_dir.join("manifest.json"), original).unwrap();
+    verify(&reader_only, &a, 0);
+
+    // Unsigned, and signed by a key that allowed_signers does not list.
+    let unsigned = backup_id(&fx, &reader_only);
+    assert!(
+        !dir.join("test")
+            .join(&unsigned)
+            .join("manifest.json.sig")
+            .exists()
+    );
+    let out = verify(&reader_only, &unsigned, 3);
+    assert!(
+        stdout_str(&out).contains("no signature"),
+        "{}",
+        describe_output(&out)
+    );
+    let foreign = backup_id(&fx, &intruder);
+    let out = verify(&reader_only, &foreign, 3);
+    assert!(
+        stdout_str(&out).contains("does not list"),
+        "{}",
+        describe_output(&out)
+    );
+    let mut all = fx.cmd(&reader_only);
+    all.args(["verify", "--all"]).args(&ids);
+    run_code(&mut all, 3);
+}

@@ -19,6 +19,7 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
     let identities = Identities::load(&args.identities)?;
     let targets = Targets::open(config)?;
     let manifest = super::verify::select(config, &targets, args.selection.id.as_deref()).await?;
+    crate::signing::require_signed(config, &targets.snapshot, &manifest).await?;
     guard_version(&manifest, args.expect_version.as_deref(), args.force)?;
 
     let snapshot = &manifest.artifacts.snapshot;
