@@ -251,6 +251,35 @@ pub async fn require_signed(
     Ok(())
 }
 
+/// The newest backup whose signature `signing.allowed_signers` trusts; newer backups that
+/// it does not trust (planted, unsigned, unreadable) are skipped with a warning, so a
+/// planted "newest" backup can neither be restored nor block a restore.
+pub async fn newest_trusted(
+    config: &crate::config::Config,
+    target: &Target,
+) -> anyhow::Result<Manifest> {
+    for entry in crate::store::catalog::list_backups(target, &config.cluster).await? {
+        let Some(manifest) = entry.manifest else {
+            if let Some(problem) = entry.problem {
+                tracing::warn!(id = %entry.id, %problem, "skipping an unreadable backup");
+            }
+            continue;
+        };
+        match require_signed(config, target, &manifest).await {
+            Ok(()) => return Ok(manifest),
+            Err(e) if crate::error::exit_kind(&e) == crate::error::ExitKind::Integrity => {
+                tracing::warn!(id = %manifest.id, reason = %format!("{e:#}"), "skipping an untrusted backup");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(IntegrityError(format!(
+        "no backup of cluster {} is signed by a key in signing.allowed_signers; check that backups run with signing.key and that its public key is listed",
+        config.cluster
+    ))
+    .into())
+}
+
 fn is_key_type(field: &str) -> bool {
     field.starts_with("ssh-") || field.starts_with("ecdsa-sha2-") || field.starts_with("sk-")
 }

@@ -800,14 +800,36 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
         .args(["restore", "--latest", "--force", "--to"])
         .arg(&to)
         .args(&ids);
-    let out = run_code(&mut restore, 3);
+    // --latest skips the planted backup (with a warning naming it) and restores the newest
+    // trusted one; naming the planted one is refused.
+    let out = run_ok(&mut restore);
     assert!(
-        stderr_str(&out).contains(planted),
+        stderr_str(&out).contains(planted) && stderr_str(&out).contains("untrusted"),
         "{}",
         describe_output(&out)
     );
+    let b_ts = manifest_json(&dir, &b)["started_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_stamp = format!("{}_{}", &b_ts[..10], b_ts[11..19].replace(':', ""));
     assert!(
-        std::fs::read_dir(&to).map_or(true, |mut d| d.next().is_none()),
+        to.join(format!("snapshot_{b_stamp}.db")).is_file(),
+        "expected backup {b} ({b_stamp}) restored\n{}",
+        describe_output(&out)
+    );
+    let mut named = fx.cmd(&reader_only);
+    named
+        .args(["restore", planted, "--force", "--to"])
+        .arg(fx.path("restore-planted"))
+        .args(&ids);
+    run_code(&mut named, 3);
+    assert!(
+        !fx.path("restore-planted").exists()
+            || std::fs::read_dir(fx.path("restore-planted"))
+                .unwrap()
+                .next()
+                .is_none(),
         "nothing restored from a planted backup"
     );
     std::fs::remove_dir_all(&planted_dir).unwrap();
