@@ -1094,4 +1094,18 @@ mod tests {
         );
         assert!(parse_bounded_duration("soon").is_err());
     }
+
+    #[test]
+    fn signing_needs_its_files_where_they_are_used() {
+        let with = |signing: &str| format!("{}signing: {signing}\n", snapshot_only());
+        assert_eq!(err_key(&with("{}")), "signing");
+        let key_only = with("{ key: /nonexistent/signing_ed25519 }");
+        assert_eq!(err_key(&key_only), "signing.key");
+        // A recovery host verifies without the signing key.
+        parse(&key_only, Purpose::ReadBackups).expect("readers do not need the key");
+        let readers = with("{ allowed_signers: /nonexistent/allowed_signers }");
+        let err = parse(&readers, Purpose::ReadBackups).unwrap_err();
+        assert_eq!(err.key, "signing.allowed_signers", "{err}");
+        parse(&readers, Purpose::TakeBackups).expect("backups do not need allowed_signers");
+    }
 }
