@@ -250,9 +250,11 @@ pub fn parse(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = match e.path().to_string() {
             p if p == "." => "(top level)".to_string(),
+            p if looks_secret(&p) => "(a key that looks like a secret key)".to_string(),
             p => p,
         };
-        ConfigError::new(key, e.into_inner().to_string())
+        let problem = redact_quoted(&key, e.into_inner().to_string());
+        ConfigError::new(key, problem)
     })?;
     resolve(raw, purpose == Purpose::TakeBackups)
 }
@@ -747,6 +749,33 @@ fn looks_secret(text: &str) -> bool {
     .any(|marker| upper.contains(marker))
 }
 
+/// The YAML parser quotes the offending text in its messages; where that text could be a
+/// secret (target options, recipients, anything that looks like a key), it is left out.
+fn redact_quoted(key: &str, message: String) -> String {
+    if !(looks_secret(&message) || key.contains(".options") || key.contains("recipients")) {
+        return message;
+    }
+    let mut redacted = String::with_capacity(message.len());
+    let mut open_quote: Option<char> = None;
+    for c in message.chars() {
+        match open_quote {
+            Some(quote) if c == quote => {
+                redacted.push('…');
+                redacted.push(c);
+                open_quote = None;
+            }
+            Some(_) => {}
+            None => {
+                redacted.push(c);
+                if c == '"' || c == '`' {
+                    open_quote = Some(c);
+                }
+            }
+        }
+    }
+    redacted
+}
+
 /// What a malformed recipient looks like, without its text: only a public-looking
 /// `age1` prefix is shown, the rest is reduced to a length.
 fn describe_redacted(text: &str) -> String {
@@ -1107,5 +1136,26 @@ mod tests {
         let err = parse(&readers, Purpose::ReadBackups).unwrap_err();
         assert_eq!(err.key, "signing.allowed_signers", "{err}");
         parse(&readers, Purpose::TakeBackups).expect("backups do not need allowed_signers");
+    }
+
+    #[test]
+    fn yaml_errors_do_not_repeat_secret_looking_values() {
+        let secret = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+        let text = snapshot_only().replace("version: 1", &format!("version: {secret}"));
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert_eq!(err.key, "version");
+        assert!(!err.to_string().contains(&secret[16..]), "{err}");
+        let text = snapshot_only().replace(
+            "cluster: prod-east",
+            &format!("cluster: prod-east\n{secret}: x"),
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains(&secret[16..]), "{err}");
+        let text = snapshot_only().replace(
+            "url: file:///var/backups/etcd",
+            "url: s3://b/p\n    options: { aws_secret_access_key: [Sup3rS3cret] }",
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains("Sup3rS3cret"), "{err}");
     }
 }
