@@ -879,3 +879,65 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     all.args(["verify", "--all"]).args(&ids);
     run_code(&mut all, 3);
 }
+
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_the_metrics_endpoint_backs_off_instead_of_spinning() {
+    let etcd = EtcdServer::start(false);
+    let fx = Fixture::new();
+    let (_, config) = fx.dir_config(&etcd, "schedule: { cron: \"0 3 1 1 *\" }\n");
+    let port = free_port();
+    // Few descriptors, so that idle clients exhaust them before the connection limit.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=48")
+        .arg(env!("CARGO_BIN_EXE_etcd-offsite"))
+        .env("ETCD_OFFSITE_CONFIG", &config)
+        .args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let mut service = Service::spawn("etcd-offsite run (48 fds)", cmd, &fx.path("run.log"));
+    service.wait_ready(Duration::from_secs(30), "the metrics endpoint", || {
+        port_open(port)
+    });
+    let pid = service.pid().expect("running");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert_eq!(http("GET", &url, &[], b"").status, 200);
+
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let exhausted = fd_count(pid);
+    let ticks_before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_ticks(pid) - ticks_before;
+    // A loop retrying accept at once would burn ~300 ticks (3 s of one core).
+    assert!(
+        spent < 60,
+        "{spent} CPU ticks in 3 s with {exhausted} descriptors open: accept errors spin\n{}",
+        service.log_tail(10)
+    );
+    assert!(
+        service.log_tail(200).contains("cannot accept"),
+        "the descriptor limit was not reached ({exhausted} open)\n{}",
+        service.log_tail(10)
+    );
+    drop(idle);
+    // Once the clients are gone, the endpoint recovers by itself.
+    let recovered = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http("GET", &url, &[], b"").status == 200
+    });
+    assert!(
+        recovered,
+        "/metrics did not recover\n{}",
+        service.log_tail(20)
+    );
+    assert!(service.is_running(), "{}", service.log_tail(20));
+}
