@@ -24,6 +24,8 @@ pub struct Config {
     pub retention: Option<RetentionPolicy>,
     pub schedule: Option<Schedule>,
     pub labels: BTreeMap<String, String>,
+    /// Manifest signing (backup) and the keys trusted to have signed (verify, restore).
+    pub signing: crate::signing::SigningConfig,
 }
 
 /// Where the snapshot comes from.
@@ -197,6 +199,7 @@ struct RawConfig {
     schedule: Option<RawSchedule>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    signing: Option<crate::signing::SigningConfig>,
 }
 
 #[derive(Deserialize)]
@@ -278,9 +281,11 @@ pub fn parse(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = match e.path().to_string() {
             p if p == "." => "(top level)".to_string(),
+            p if looks_secret(&p) => "(a key that looks like a secret key)".to_string(),
             p => p,
         };
-        ConfigError::new(key, e.into_inner().to_string())
+        let problem = redact_quoted(&key, e.into_inner().to_string());
+        ConfigError::new(key, problem)
     })?;
     resolve(raw, purpose == Purpose::TakeBackups)
 }
@@ -297,6 +302,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         ));
     }
     validate_cluster(&raw.cluster)?;
+    validate_durations(&raw)?;
 
     let source = match (raw.source.etcd, raw.source.backup_dir) {
         (Some(etcd), None) => SnapshotSource::Etcd(validate_etcd(etcd, check_files)?),
@@ -422,6 +428,11 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         ));
     }
 
+    let signing = match raw.signing {
+        Some(signing) => validate_signing(signing, check_files)?,
+        None => Default::default(),
+    };
+
     Ok(Config {
         cluster: raw.cluster,
         source,
@@ -438,7 +449,89 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         retention: raw.retention,
         schedule,
         labels: raw.labels,
+        signing,
     })
+}
+
+/// Backups need the key; readers need the allowed signers (each host has its own file).
+fn validate_signing(
+    signing: crate::signing::SigningConfig,
+    check_files: bool,
+) -> Result<crate::signing::SigningConfig, ConfigError> {
+    if signing.key.is_none() && signing.allowed_signers.is_none() {
+        return Err(ConfigError::new(
+            "signing",
+            "empty; set `key` (to sign backups) and/or `allowed_signers` (to accept only signed backups), or remove the section",
+        ));
+    }
+    if let Some(key) = signing.key.as_ref().filter(|_| check_files) {
+        crate::signing::Signer::load(key)?;
+    }
+    if let Some(allowed) = signing.allowed_signers.as_ref().filter(|_| !check_files) {
+        crate::signing::AllowedSigners::load(allowed)?;
+    }
+    Ok(signing)
+}
+
+/// The longest duration any setting accepts: beyond it, date arithmetic overflows
+/// (a window of 300000 years reaches before year 1), and no real policy needs it.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The longest etcd timeout: a member silent for a day is not coming back.
+const MAX_ETCD_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Every duration that reaches date or timer arithmetic, checked in one place.
+fn validate_durations(raw: &RawConfig) -> Result<(), ConfigError> {
+    let mut durations: Vec<(&str, Option<Duration>, Duration)> = Vec::new();
+    if let Some(etcd) = &raw.source.etcd {
+        durations.push(("source.etcd.timeout", Some(etcd.timeout), MAX_ETCD_TIMEOUT));
+    }
+    if let Some(policy) = &raw.retention {
+        durations.push(("retention.keep_within", policy.keep_within, MAX_DURATION));
+        durations.push((
+            "retention.incomplete_grace",
+            policy.incomplete_grace,
+            MAX_DURATION,
+        ));
+    }
+    if let Some(schedule) = &raw.schedule {
+        durations.push(("schedule.jitter", schedule.jitter, MAX_DURATION));
+        durations.push((
+            "schedule.upgrade_check",
+            schedule.upgrade_check,
+            MAX_DURATION,
+        ));
+    }
+    for (key, value, max) in durations {
+        if let Some(value) = value.filter(|v| *v > max) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{} is longer than the maximum {}; use a shorter duration{}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max),
+                    if key.starts_with("retention.") {
+                        ", or remove the key"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a command-line duration (`30m`, `2d`) no longer than [`MAX_DURATION`].
+pub fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value > MAX_DURATION {
+        return Err(format!(
+            "longer than the maximum {}; use a shorter duration such as 30m",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(value)
 }
 
 fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
@@ -684,7 +777,7 @@ fn resolve_recipients(
             ConfigError::new(&file_key, format!("cannot read {}: {e}", file.display()))
         })?;
         for (n, line) in content.lines().enumerate() {
-            let line = line.trim();
+            let line = line.trim_start_matches('\u{feff}').trim();
             if !line.is_empty() && !line.starts_with('#') {
                 texts.push((
                     format!("{file_key} ({} line {})", file.display(), n + 1),
@@ -701,22 +794,86 @@ fn resolve_recipients(
     }
     let mut keys = Vec::with_capacity(texts.len());
     for (where_, text) in texts {
-        if text.starts_with("AGE-SECRET-KEY-") {
-            // Never echo a secret back.
-            return Err(ConfigError::new(
-                where_,
-                "this is an age identity (secret key), not a recipient; use the public key printed by `age-keygen -y IDENTITY_FILE`",
-            ));
-        }
-        let recipient = age::x25519::Recipient::from_str(&text).map_err(|e| {
-            ConfigError::new(
-                &where_,
-                format!("malformed age recipient {text:?} ({e}); expected an age1… public key from `age-keygen`"),
-            )
-        })?;
-        keys.push(recipient);
+        keys.push(parse_recipient(&where_, &text)?);
     }
     Ok(Recipients { keys })
+}
+
+/// One recipient; errors name its position and never echo text that could be a secret.
+fn parse_recipient(where_: &str, text: &str) -> Result<age::x25519::Recipient, ConfigError> {
+    // Editors on Windows start files with a byte-order mark; it is not part of the key.
+    let text = text.trim_start_matches('\u{feff}').trim();
+    if looks_secret(text) {
+        return Err(ConfigError::new(
+            where_,
+            "this looks like a secret key (an age identity or a private key), not a recipient; \
+             remove it from the config and rotate it if the file was shared, and list the public \
+             key printed by `age-keygen -y IDENTITY_FILE` instead",
+        ));
+    }
+    age::x25519::Recipient::from_str(text).map_err(|_| {
+        ConfigError::new(
+            where_,
+            format!(
+                "not an age recipient ({}); expected an age1… public key from `age-keygen -y IDENTITY_FILE`, \
+                 without quotes inside the value",
+                describe_redacted(text)
+            ),
+        )
+    })
+}
+
+/// Text that must never be echoed: an age identity or a private key, in any case and
+/// wherever it sits in the text (quotes, byte-order marks and spaces around it included).
+fn looks_secret(text: &str) -> bool {
+    let upper = text.to_ascii_uppercase();
+    [
+        "AGE-SECRET-KEY-",
+        "AGE-PLUGIN-",
+        "PRIVATE KEY",
+        "PRIVATE-KEY",
+    ]
+    .iter()
+    .any(|marker| upper.contains(marker))
+}
+
+/// The YAML parser quotes the offending text in its messages; where that text could be a
+/// secret (target options, recipients, anything that looks like a key), it is left out.
+fn redact_quoted(key: &str, message: String) -> String {
+    if !(looks_secret(&message) || key.contains(".options") || key.contains("recipients")) {
+        return message;
+    }
+    let mut redacted = String::with_capacity(message.len());
+    let mut open_quote: Option<char> = None;
+    for c in message.chars() {
+        match open_quote {
+            Some(quote) if c == quote => {
+                redacted.push('…');
+                redacted.push(c);
+                open_quote = None;
+            }
+            Some(_) => {}
+            None => {
+                redacted.push(c);
+                if c == '"' || c == '`' {
+                    open_quote = Some(c);
+                }
+            }
+        }
+    }
+    redacted
+}
+
+/// What a malformed recipient looks like, without its text: only a public-looking
+/// `age1` prefix is shown, the rest is reduced to a length.
+fn describe_redacted(text: &str) -> String {
+    let chars = text.chars().count();
+    let shown: String = text.chars().take(8).collect();
+    if text.starts_with("age1") && shown.chars().all(|c| c.is_ascii_alphanumeric()) {
+        format!("\"{shown}…\", {chars} characters")
+    } else {
+        format!("{chars} characters, not starting with `age1`")
+    }
 }
 
 /// Storage schemes and the object_store option keys each accepts.
@@ -880,6 +1037,76 @@ mod tests {
     }
 
     #[test]
+    fn secrets_in_recipients_are_named_by_position_never_echoed() {
+        let secret = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+        let body = &secret["AGE-SECRET-KEY-1".len()..];
+        let lower = secret.to_ascii_lowercase();
+        let variants = [
+            secret.to_string(),
+            lower.clone(),
+            format!("\u{feff}{secret}"),
+            format!("\u{feff}{lower}"),
+            format!("\\\"{lower}\\\""),
+            format!("'{secret}'"),
+            format!("  {lower}\\t"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----".to_string(),
+            "-----begin private key----- MC4CAQAwBQYDK2VwBCIEIOZ0".to_string(),
+        ];
+        for (i, variant) in variants.iter().enumerate() {
+            let text = snapshot_only().replace(
+                &format!("[\"{SNAP}\"]"),
+                &format!("[\"{SNAP}\", \"{variant}\"]"),
+            );
+            let err = parse(&text, Purpose::TakeBackups).expect_err(variant);
+            let shown = err.to_string();
+            assert_eq!(
+                err.key, "encryption.snapshot.recipients[1]",
+                "case {i}: {shown}"
+            );
+            assert!(shown.contains("secret key"), "case {i}: {shown}");
+            for needle in [body, &body.to_ascii_lowercase(), "MC4CAQAw"] {
+                assert!(!shown.contains(needle), "case {i} echoed: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_in_a_recipients_file_are_named_by_line() {
+        let dir = crate::scratch_dir();
+        let file = dir.path().join("recipients.txt");
+        let secret = "age-secret-key-1gq9778vqxmmjve8sk7j6vt8uj4hdqajuvsfcwcm02d8gewq72pvq2y5j33";
+        std::fs::write(
+            &file,
+            format!("\u{feff}# snapshot keys\n{SNAP}\n\n  \"{secret}\"  \n"),
+        )
+        .unwrap();
+        let text = snapshot_only().replace(
+            &format!("recipients: [\"{SNAP}\"]"),
+            &format!("recipients_file: {}", file.display()),
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(err.key.ends_with("line 4)"), "{err}");
+        assert!(!err.to_string().contains(&secret[16..]), "echoed: {err}");
+        // A byte-order mark before a recipient is not part of it.
+        std::fs::write(&file, format!("\u{feff}{SNAP}\n")).unwrap();
+        parse(&text, Purpose::TakeBackups).expect("a BOM is tolerated");
+    }
+
+    #[test]
+    fn malformed_recipients_show_at_most_a_short_prefix() {
+        let long = format!("{SNAP}x");
+        let err = parse(&snapshot_only().replace(SNAP, &long), Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains(&long[8..]), "{err}");
+        assert!(err.to_string().contains("\"age1ql3z…\""), "{err}");
+        let err = parse(
+            &snapshot_only().replace(SNAP, "hunter2-not-a-key"),
+            Purpose::TakeBackups,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn bad_targets() {
         let text = snapshot_only().replace("file:///var/backups/etcd", "ftp://x/y");
         assert_eq!(err_key(&text), "targets.snapshot.url");
@@ -966,5 +1193,105 @@ mod tests {
             "    endpoints: [\"https://127.0.0.1:2379\"]\n    cacert: /nonexistent/ca.crt",
         );
         assert_eq!(err_key(&text), "source.etcd.cacert");
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_name_their_key() {
+        let cases = [
+            (
+                snapshot_only().replace(
+                    "    endpoints: [\"http://127.0.0.1:2379\"]",
+                    "    endpoints: [\"http://127.0.0.1:2379\"]\n    timeout: 300000y",
+                ),
+                "source.etcd.timeout",
+            ),
+            (
+                format!(
+                    "{}retention: {{ keep_last: 2, keep_within: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "retention.keep_within",
+            ),
+            (
+                format!(
+                    "{}retention: {{ keep_last: 2, incomplete_grace: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "retention.incomplete_grace",
+            ),
+            (
+                format!(
+                    "{}schedule: {{ cron: \"0 3 * * *\", jitter: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "schedule.jitter",
+            ),
+            (
+                format!(
+                    "{}schedule: {{ cron: \"0 3 * * *\", upgrade_check: 300000y }}\n",
+                    snapshot_only()
+                ),
+                "schedule.upgrade_check",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text, Purpose::TakeBackups).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.problem.contains("maximum"), "{err}");
+        }
+        let ok = format!(
+            "{}retention: {{ keep_last: 2, keep_within: 99y, incomplete_grace: 30d }}\n",
+            snapshot_only()
+        );
+        parse(&ok, Purpose::TakeBackups).expect("99 years is allowed");
+    }
+
+    #[test]
+    fn command_line_durations_are_bounded() {
+        assert_eq!(
+            parse_bounded_duration("30m"),
+            Ok(Duration::from_secs(30 * 60))
+        );
+        assert!(
+            parse_bounded_duration("300000y")
+                .unwrap_err()
+                .contains("maximum")
+        );
+        assert!(parse_bounded_duration("soon").is_err());
+    }
+
+    #[test]
+    fn signing_needs_its_files_where_they_are_used() {
+        let with = |signing: &str| format!("{}signing: {signing}\n", snapshot_only());
+        assert_eq!(err_key(&with("{}")), "signing");
+        let key_only = with("{ key: /nonexistent/signing_ed25519 }");
+        assert_eq!(err_key(&key_only), "signing.key");
+        // A recovery host verifies without the signing key.
+        parse(&key_only, Purpose::ReadBackups).expect("readers do not need the key");
+        let readers = with("{ allowed_signers: /nonexistent/allowed_signers }");
+        let err = parse(&readers, Purpose::ReadBackups).unwrap_err();
+        assert_eq!(err.key, "signing.allowed_signers", "{err}");
+        parse(&readers, Purpose::TakeBackups).expect("backups do not need allowed_signers");
+    }
+
+    #[test]
+    fn yaml_errors_do_not_repeat_secret_looking_values() {
+        let secret = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+        let text = snapshot_only().replace("version: 1", &format!("version: {secret}"));
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert_eq!(err.key, "version");
+        assert!(!err.to_string().contains(&secret[16..]), "{err}");
+        let text = snapshot_only().replace(
+            "cluster: prod-east",
+            &format!("cluster: prod-east\n{secret}: x"),
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains(&secret[16..]), "{err}");
+        let text = snapshot_only().replace(
+            "url: file:///var/backups/etcd",
+            "url: s3://b/p\n    options: { aws_secret_access_key: [Sup3rS3cret] }",
+        );
+        let err = parse(&text, Purpose::TakeBackups).unwrap_err();
+        assert!(!err.to_string().contains("Sup3rS3cret"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ mod kube_encryption;
 mod manifest;
 mod pipeline;
 mod retention;
+mod signing;
 mod source;
 mod store;
 mod telemetry;

@@ -327,6 +327,15 @@ async fn write_backup<'t>(
     };
     let manifest_key = format!("{cluster}/{id}/{MANIFEST_OBJECT}");
     let body = Bytes::from(manifest.to_json());
+    if let Some(key) = &config.signing.key {
+        // Written before the manifest: a committed backup is never unsigned.
+        let signature_key = format!("{cluster}/{id}/{}", crate::signing::SIGNATURE_OBJECT);
+        let signature = crate::signing::Signer::load(key)?.sign(&body)?;
+        written.push((&targets.snapshot, signature_key.clone()));
+        commit(&targets.snapshot, &signature_key, Bytes::from(signature))
+            .await
+            .map_err(CommitError::into_inner)?;
+    }
     if manifest.artifacts.static_resources.is_some() && targets.split() {
         // Before the commit, an unclear outcome is simply a failure: cleanup removes the copy.
         written.push((&targets.static_resources, manifest_key.clone()));

@@ -11,7 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::Targets;
@@ -96,7 +95,15 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
-    tokio::spawn(serve_metrics(listener, metrics.clone()));
+    let render = {
+        let metrics = metrics.clone();
+        move || metrics.render()
+    };
+    tokio::spawn(crate::telemetry::serve_metrics(
+        listener,
+        render,
+        crate::telemetry::ServeLimits::default(),
+    ));
     tracing::info!(cron = %schedule.cron_text, jitter = ?schedule.jitter, metrics = %args.metrics_listen, "scheduler started");
     let mut upgrade_check = schedule.upgrade_check.map(tokio::time::interval);
     // One listener for the whole run, so a SIGTERM that comes during a backup is not lost.
@@ -226,25 +233,5 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// A minimal HTTP endpoint: every request gets the metrics text.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let _ = socket.read(&mut request).await;
-            let body = metrics.render();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
     }
 }

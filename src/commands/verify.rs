@@ -43,7 +43,9 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
         for entry in list_backups(&targets.snapshot, &config.cluster).await? {
             match (entry.manifest, entry.problem) {
                 (Some(manifest), _) => {
-                    reports.push(verify_backup(&targets, &manifest, &identities).await?)
+                    let mut report = verify_backup(&targets, &manifest, &identities).await?;
+                    signature_problem(config, &targets, &manifest, &mut report).await?;
+                    reports.push(report)
                 }
                 (None, Some(problem)) => reports.push(BackupReport {
                     id: entry.id,
@@ -76,7 +78,9 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        reports.push(verify_backup(&targets, &manifest, &identities).await?);
+        let mut report = verify_backup(&targets, &manifest, &identities).await?;
+        signature_problem(config, &targets, &manifest, &mut report).await?;
+        reports.push(report);
     }
     // A wrong identity is a usage error, unless something already failed: that is reported first.
     if !identities.is_empty()
@@ -141,6 +145,24 @@ fn finish(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
             reports.len()
         ))
         .into())
+    }
+}
+
+/// Fails the report of a backup that `signing.allowed_signers` does not trust.
+async fn signature_problem(
+    config: &Config,
+    targets: &Targets,
+    manifest: &Manifest,
+    report: &mut BackupReport,
+) -> anyhow::Result<()> {
+    match crate::signing::require_signed(config, &targets.snapshot, manifest).await {
+        Ok(()) => Ok(()),
+        Err(e) if exit_kind(&e) == ExitKind::Integrity => {
+            report.ok = false;
+            report.problems.push(format!("{e:#}"));
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

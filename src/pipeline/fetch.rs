@@ -20,29 +20,34 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Reads identity files (`age-keygen` output: comments and AGE-SECRET-KEY-1… lines).
+    /// Reads identity files (`age-keygen` output) with age's own parser, whose errors give
+    /// a line number, never the line.
     pub fn load(files: &[impl AsRef<Path>]) -> Result<Self, UsageError> {
         let mut keys = Vec::new();
         for file in files {
             let file = file.as_ref();
-            let text = std::fs::read_to_string(file).map_err(|e| {
+            let unreadable =
+                |e: io::Error| UsageError(format!("identity file {}: {e}", file.display()));
+            let bytes = std::fs::read(file).map_err(|e| {
                 UsageError(format!("cannot read identity file {}: {e}", file.display()))
             })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                // The line is secret: say where it is, never what it is.
-                let key = age::x25519::Identity::from_str(line).map_err(|_| {
-                    UsageError(format!(
-                        "identity file {} line {} is not an age x25519 identity (AGE-SECRET-KEY-1…)",
-                        file.display(),
-                        n + 1
-                    ))
-                })?;
-                keys.push(key);
+            // Validates every line (and the size cap) the way `age -d -i` does.
+            age::IdentityFile::from_buffer(&bytes[..]).map_err(unreadable)?;
+            // The file type hides its entries; the lines it accepted are x25519 identities
+            // (plugins are not compiled in), so these parses cannot fail.
+            let text = String::from_utf8_lossy(&bytes);
+            let parsed: Vec<age::x25519::Identity> = text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter_map(|l| age::x25519::Identity::from_str(l).ok())
+                .collect();
+            if parsed.is_empty() {
+                return Err(UsageError(format!(
+                    "identity file {} holds no age identity (AGE-SECRET-KEY-1…); pass the file `age-keygen` wrote",
+                    file.display()
+                )));
             }
+            keys.extend(parsed);
         }
         Ok(Self { keys })
     }
@@ -260,4 +265,46 @@ fn compare(key: &str, what: &str, expected: &Digest, actual: Digest) -> Result<(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str =
+        "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+
+    fn load_text(text: &str) -> Result<Identities, UsageError> {
+        let dir = crate::scratch_dir();
+        let file = dir.path().join("id.key");
+        std::fs::write(&file, text).unwrap();
+        Identities::load(&[file])
+    }
+
+    #[test]
+    fn identity_files_load_with_comments() {
+        let ids = load_text(&format!("# created: now\n# public key: age1…\n{SECRET}\n")).unwrap();
+        assert_eq!(ids.keys.len(), 1);
+    }
+
+    #[test]
+    fn bad_identity_lines_are_named_by_number_never_echoed() {
+        let lower = SECRET.to_ascii_lowercase();
+        for text in [
+            format!("# ok\n\u{feff}{SECRET}\n"),
+            format!("# ok\n\"{SECRET}\"\n"),
+            format!("# ok\n{}x\n", &SECRET[..SECRET.len() - 1]),
+            format!("# ok\n{lower}junk\n"),
+        ] {
+            let err = load_text(&text).err().expect("rejected").to_string();
+            assert!(err.contains("line 2"), "{err}");
+            assert!(!err.contains(&SECRET[16..40]), "echoed: {err}");
+            assert!(
+                !err.to_ascii_uppercase().contains(&SECRET[16..40]),
+                "echoed: {err}"
+            );
+        }
+        let err = load_text("# nothing here\n").err().expect("rejected");
+        assert!(err.to_string().contains("no age identity"), "{err}");
+    }
 }

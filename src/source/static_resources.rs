@@ -93,7 +93,17 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<String> {
     Ok(text)
 }
 
-/// Writes a tar of `paths` with member names relative to `base_dir` (modes kept, symlinks as links).
+/// The largest file archived: static pod resources are certificates, keys and small
+/// manifests; anything bigger is not what this archive is for and would be held in memory.
+pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// How often a file that changes while it is read is read again before the backup fails.
+const READ_ATTEMPTS: u32 = 3;
+
+/// Writes a tar of `paths` with member names relative to `base_dir` (modes kept, symlinks
+/// as links). Each regular file is read whole and checked unchanged (size, mtime, ctime)
+/// across the read, so a file written during the backup is read again or fails the
+/// backup by name, and never yields a member whose size disagrees with its data.
 pub fn write_tar(base_dir: &Path, paths: &[PathBuf], out: &mut dyn Write) -> io::Result<u64> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
@@ -104,11 +114,7 @@ pub fn write_tar(base_dir: &Path, paths: &[PathBuf], out: &mut dyn Write) -> io:
                 format!("{} is not under {}", path.display(), base_dir.display()),
             )
         })?;
-        if path.is_dir() {
-            builder.append_dir_all(name, path)?;
-        } else {
-            builder.append_path_with_name(path, name)?;
-        }
+        append_tree(&mut builder, path, name)?;
     }
     builder.into_inner()?;
     Ok(paths.len() as u64)
@@ -153,6 +159,102 @@ pub fn check_archive(reader: &mut dyn io::Read) -> io::Result<Result<u64, String
         )));
     }
     Ok(Ok(members))
+}
+
+/// Appends `path` as `name`, and a directory's entries below it in name order.
+fn append_tree(
+    builder: &mut tar::Builder<&mut dyn Write>,
+    path: &Path,
+    name: &Path,
+) -> io::Result<()> {
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+    let file_type = metadata.file_type();
+    if file_type.is_dir() {
+        let mut header = header_for(&metadata);
+        builder.append_data(&mut header, name, io::empty())?;
+        let mut entries = std::fs::read_dir(path)
+            .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot list {}: {e}", path.display()))
+            })?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            append_tree(builder, &entry.path(), &name.join(entry.file_name()))?;
+        }
+    } else if file_type.is_file() {
+        let (data, metadata) = read_consistent(path)?;
+        let mut header = header_for(&metadata);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, name, &data[..])?;
+    } else {
+        // Symlinks (kept as links) and special files carry no data that can change.
+        builder.append_path_with_name(path, name)?;
+    }
+    Ok(())
+}
+
+fn header_for(metadata: &std::fs::Metadata) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(metadata, tar::HeaderMode::Complete);
+    header
+}
+
+/// The whole file, read while its size, mtime and ctime stayed the same, with the
+/// metadata that describes exactly those bytes.
+pub fn read_consistent(path: &Path) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
+    use std::io::Read;
+    let context =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
+    for attempt in 1..=READ_ATTEMPTS {
+        let file = std::fs::File::open(path).map_err(context)?;
+        let before = file.metadata().map_err(context)?;
+        if before.len() > MAX_FILE_SIZE {
+            return Err(too_large(path, before.len()));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
+        (&file)
+            .take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut data)
+            .map_err(context)?;
+        if data.len() as u64 > MAX_FILE_SIZE {
+            return Err(too_large(path, data.len() as u64));
+        }
+        let after = file.metadata().map_err(context)?;
+        if data.len() as u64 == before.len() && unchanged(&before, &after) {
+            return Ok((data, after));
+        }
+        tracing::debug!(path = %path.display(), attempt, "file changed while it was read; reading it again");
+        // Give a writer in the middle of an update a moment to finish it.
+        std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+    }
+    Err(io::Error::other(format!(
+        "{} kept changing while it was read ({READ_ATTEMPTS} attempts), so the keys archive would not be consistent; \
+         back up when nothing is writing to the static pod resources (e.g. not during a rollout), or retry",
+        path.display()
+    )))
+}
+
+fn too_large(path: &Path, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} is {size} bytes, over the {} MiB limit for a static resources file; \
+             static pod resources are small certificates and configs, so check that the configured paths are right",
+            path.display(),
+            MAX_FILE_SIZE / (1024 * 1024)
+        ),
+    )
+}
+
+/// Same size, modification time and change time (any write or truncate moves them).
+fn unchanged(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    before.len() == after.len()
+        && before.mtime() == after.mtime()
+        && before.mtime_nsec() == after.mtime_nsec()
+        && before.ctime() == after.ctime()
+        && before.ctime_nsec() == after.ctime_nsec()
 }
 
 #[cfg(test)]
@@ -291,5 +393,124 @@ mod tests {
             )),
             "{entries:?}"
         );
+    }
+
+    /// Every member of a tar, with its data read through (a short member fails the read).
+    fn read_members(tar_bytes: &[u8]) -> io::Result<Vec<(String, Vec<u8>)>> {
+        use std::io::Read;
+        let mut archive = tar::Archive::new(tar_bytes);
+        let mut members = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            members.push((entry.path()?.display().to_string(), data));
+        }
+        Ok(members)
+    }
+
+    #[test]
+    fn a_file_written_while_archived_never_breaks_the_tar() {
+        let base = crate::scratch_dir();
+        let dir = base.path().join("static-pod-resources/etcd-pod-2");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a-before"), "steady").unwrap();
+        std::fs::write(dir.join("z-after"), "steady too").unwrap();
+        let growing = dir.join("m-growing.log");
+        std::fs::write(&growing, vec![b'x'; 100_000]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, growing) = (stop.clone(), growing.clone());
+            std::thread::spawn(move || {
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&growing)
+                    .unwrap();
+                let mut round = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    file.write_all(&[b'y'; 4096]).unwrap();
+                    round += 1;
+                    if round.is_multiple_of(64) {
+                        // Truncate now and then: shrinking breaks a stat-then-copy tar too.
+                        file.set_len(50_000).unwrap();
+                    }
+                }
+            })
+        };
+        let (mut archived, mut refused) = (0, 0);
+        for _ in 0..40 {
+            let mut out = Vec::new();
+            match write_tar(base.path(), std::slice::from_ref(&dir), &mut out) {
+                Ok(_) => {
+                    let members = read_members(&out).expect("an archive that was written reads");
+                    assert_eq!(
+                        members.len(),
+                        4,
+                        "{:?}",
+                        members.iter().map(|m| &m.0).collect::<Vec<_>>()
+                    );
+                    archived += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("m-growing.log"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(archived + refused, 40);
+    }
+
+    #[test]
+    fn a_file_over_the_limit_fails_by_name() {
+        let base = crate::scratch_dir();
+        let dir = base.path().join("static-pod-resources");
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = std::fs::File::create(dir.join("huge.bin")).unwrap();
+        big.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
+        let err = write_tar(base.path(), &[dir], &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("huge.bin"), "{err}");
+        assert!(err.to_string().contains("64 MiB"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_stay_links_and_directories_are_members() {
+        let base = crate::scratch_dir();
+        let dir = base
+            .path()
+            .join("static-pod-resources/kube-scheduler-pod-3");
+        std::fs::create_dir_all(dir.join("configmaps")).unwrap();
+        std::fs::write(dir.join("configmaps/config.yaml"), "a: 1\n").unwrap();
+        std::os::unix::fs::symlink("configmaps/config.yaml", dir.join("current")).unwrap();
+        let mut out = Vec::new();
+        write_tar(base.path(), &[dir], &mut out).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        let kinds: Vec<(String, tar::EntryType)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect();
+        let root = "static-pod-resources/kube-scheduler-pod-3";
+        assert_eq!(
+            kinds,
+            vec![
+                (root.to_string(), tar::EntryType::Directory),
+                (format!("{root}/configmaps"), tar::EntryType::Directory),
+                (
+                    format!("{root}/configmaps/config.yaml"),
+                    tar::EntryType::Regular
+                ),
+                (format!("{root}/current"), tar::EntryType::Symlink),
+            ]
+        );
+        let members = read_members(&out).unwrap();
+        assert_eq!(members[2].1, b"a: 1\n");
     }
 }
