@@ -15,7 +15,8 @@ use crate::store::layout::drill_record_name;
 pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
     let identities = Identities::load(&args.identities)?;
     let targets = Targets::open(config)?;
-    let manifest = super::verify::select(config, &targets, args.selection.id.as_deref()).await?;
+    let manifest =
+        super::verify::select_trusted(config, &targets, args.selection.id.as_deref()).await?;
     let snapshot_identity = identities
         .for_artifact(&manifest.artifacts.snapshot)
         .ok_or_else(|| {

@@ -19,14 +19,8 @@ use crate::source::static_resources::check_archive;
 pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
     let identities = Identities::load(&args.identities)?;
     let targets = Targets::open(config)?;
-    let id = args.selection.id.as_deref();
-    let manifest = if id.is_none() && config.signing.allowed_signers.is_some() {
-        crate::signing::newest_trusted(config, &targets.snapshot).await?
-    } else {
-        let manifest = super::verify::select(config, &targets, id).await?;
-        crate::signing::require_signed(config, &targets.snapshot, &manifest).await?;
-        manifest
-    };
+    let manifest =
+        super::verify::select_trusted(config, &targets, args.selection.id.as_deref()).await?;
     guard_version(&manifest, args.expect_version.as_deref(), args.force)?;
 
     let snapshot = &manifest.artifacts.snapshot;

@@ -166,6 +166,22 @@ async fn signature_problem(
     }
 }
 
+/// The manifest of `id`, or of the newest complete backup, for commands that act on its
+/// contents (restore, drill): with `signing.allowed_signers`, a named backup must be signed
+/// by a trusted key (exit 3 otherwise), and "newest" means the newest trusted one.
+pub async fn select_trusted(
+    config: &Config,
+    targets: &Targets,
+    id: Option<&str>,
+) -> anyhow::Result<Manifest> {
+    if id.is_none() && config.signing.allowed_signers.is_some() {
+        return crate::signing::newest_trusted(config, &targets.snapshot).await;
+    }
+    let manifest = select(config, targets, id).await?;
+    crate::signing::require_signed(config, &targets.snapshot, &manifest).await?;
+    Ok(manifest)
+}
+
 /// The manifest of `id`, or of the newest complete backup.
 pub async fn select(
     config: &Config,
