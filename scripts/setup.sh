@@ -6,7 +6,8 @@
 #   apt : etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev
 #         curl openssl build-essential time openssh-client
 #         (+ nodejs npm only if npm itself is missing)
-#   pip : moto[server] azure-storage-blob
+#   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
+#         Prometheus' own text parser)
 #   npm : azurite@3 (global; provides azurite-blob)
 #   cargo must already exist (rustup toolchain); we fail clearly if it does not.
 set -euo pipefail
@@ -107,11 +108,13 @@ python3 -c 'import moto, moto.server, flask, flask_cors' >/dev/null 2>&1 \
     || pip_missing+=('moto[server]>=5,<6')
 python3 -c 'import azure.storage.blob' >/dev/null 2>&1 \
     || pip_missing+=('azure-storage-blob>=12,<13')
+python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 \
+    || pip_missing+=('prometheus-client>=0.20,<1')
 if [ "${#pip_missing[@]}" -gt 0 ]; then
     pip_install "${pip_missing[@]}"
 fi
-python3 -c 'import moto.server, azure.storage.blob' >/dev/null 2>&1 \
-    || die "python modules moto.server / azure.storage.blob still not importable by $(command -v python3)"
+python3 -c 'import moto.server, azure.storage.blob, prometheus_client.parser' >/dev/null 2>&1 \
+    || die "python modules moto.server / azure.storage.blob / prometheus_client still not importable by $(command -v python3)"
 
 # ---------------------------------------------------------------- node / azurite
 if ! command -v azurite-blob >/dev/null 2>&1; then

@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// After the command, write its metrics (Prometheus text) atomically to this file, for
+    /// node_exporter's textfile collector (e.g. /var/lib/node_exporter/textfile/etcd-offsite-backup.prom).
+    #[arg(long, global = true, env = "ETCD_OFFSITE_METRICS_TEXTFILE")]
+    pub metrics_textfile: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -1,6 +1,19 @@
-//! Logs on stderr (text or JSON); stdout is reserved for command output.
+//! Logs on stderr (text or JSON); stdout is reserved for command output. Metrics: one
+//! registry, served by `run` on `/metrics` or written after any command as a textfile for
+//! node_exporter's textfile collector.
 
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
+
+use crate::store::Target;
+use crate::store::catalog::{list_backups, read_drill};
 
 use crate::cli::LogFormat;
 
@@ -44,6 +57,210 @@ pub fn progress(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
     }
     bar.set_prefix(label.to_string());
     bar
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabel {
+    command: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The metrics of etcd-offsite, named `etcd_offsite_*`.
+pub struct Metrics {
+    registry: Registry,
+    backups: Family<ResultLabel, Counter>,
+    drills: Family<ResultLabel, Counter>,
+    /// When the newest complete backup in the target finished.
+    pub last_success: FloatGauge,
+    /// When the newest successful drill in the target ran.
+    pub last_drill_success: FloatGauge,
+    pub last_duration: FloatGauge,
+    pub last_stored_bytes: Gauge,
+    backups_complete: Gauge,
+    stored_bytes: Gauge,
+    last_run: Family<CommandLabel, FloatGauge>,
+    last_run_success: Family<CommandLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("etcd_offsite");
+        let metrics = Self {
+            backups: Family::default(),
+            drills: Family::default(),
+            last_success: FloatGauge::default(),
+            last_drill_success: FloatGauge::default(),
+            last_duration: FloatGauge::default(),
+            last_stored_bytes: Gauge::default(),
+            backups_complete: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            last_run: Family::default(),
+            last_run_success: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "backups",
+            "Backups attempted, by result (success, failure, skipped)",
+            metrics.backups.clone(),
+        );
+        registry.register(
+            "drills",
+            "Restore drills run, by result (success, failure)",
+            metrics.drills.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time the newest complete backup in the target finished",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "last_drill_success_timestamp_seconds",
+            "Unix time of the newest successful restore drill in the target",
+            metrics.last_drill_success.clone(),
+        );
+        registry.register(
+            "last_duration_seconds",
+            "Duration of the last backup attempt",
+            metrics.last_duration.clone(),
+        );
+        registry.register(
+            "last_stored_bytes",
+            "Bytes stored by the newest complete backup",
+            metrics.last_stored_bytes.clone(),
+        );
+        registry.register(
+            "backups_complete",
+            "Complete backups in the target",
+            metrics.backups_complete.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Bytes stored by all complete backups",
+            metrics.stored_bytes.clone(),
+        );
+        registry.register(
+            "last_run_timestamp_seconds",
+            "Unix time a command last ran, by command",
+            metrics.last_run.clone(),
+        );
+        registry.register(
+            "last_run_success",
+            "1 when the command's last run succeeded (or was skipped by a guard), else 0",
+            metrics.last_run_success.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a backup attempt: `success`, `failure` or `skipped`.
+    pub fn count_backup(&self, result: &str) {
+        self.backups
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a drill: `success` or `failure`.
+    pub fn count_drill(&self, result: &str) {
+        self.drills
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records that `command` ran now, and whether it succeeded.
+    pub fn ran(&self, command: &str, success: bool) {
+        let label = CommandLabel {
+            command: command.to_string(),
+        };
+        self.last_run
+            .get_or_create(&label)
+            .set(Utc::now().timestamp() as f64);
+        self.last_run_success
+            .get_or_create(&label)
+            .set(i64::from(success));
+    }
+
+    /// Sets the gauges that describe the target from what it holds, so a restarted `run`
+    /// or a one-shot command reports the real age of the newest backup and drill.
+    pub async fn seed_from_store(&self, target: &Target, cluster: &str) -> anyhow::Result<()> {
+        let entries = list_backups(target, cluster).await?;
+        let complete: Vec<_> = entries.iter().filter_map(|e| e.manifest.as_ref()).collect();
+        self.backups_complete
+            .set(i64::try_from(complete.len()).unwrap_or(i64::MAX));
+        let stored: u64 = complete.iter().map(|m| m.stored_size()).sum();
+        self.stored_bytes
+            .set(i64::try_from(stored).unwrap_or(i64::MAX));
+        if let Some(newest) = complete.first() {
+            self.last_success.set(seconds(newest.finished_at));
+            self.last_stored_bytes
+                .set(i64::try_from(newest.stored_size()).unwrap_or(i64::MAX));
+        }
+        let mut records: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.complete())
+            .flat_map(|e| e.drill_records())
+            .collect();
+        records.sort_unstable_by(|a, b| b.rsplit('/').next().cmp(&a.rsplit('/').next()));
+        for key in records {
+            if let Some(drill) = read_drill(target, key).await.filter(|d| d.ok) {
+                self.last_drill_success.set(seconds(drill.at));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prometheus text (OpenMetrics) of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Writes [`Metrics::render`] to `path` atomically (a temporary name in the same
+    /// directory, then a rename), as node_exporter's textfile collector requires.
+    pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")
+        })?;
+        let partial = path.with_file_name(format!(
+            ".{}.{}.partial",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&partial)?;
+            file.write_all(self.render().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&partial, path)
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
+    }
+}
+
+fn seconds(at: DateTime<Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1000.0
 }
 
 /// Limits that keep idle or slow clients of the metrics endpoint from starving the process.

@@ -88,7 +88,7 @@ fn load_cluster(etcd: &EtcdServer) {
     }
 }
 
-fn drill(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Output {
+fn drill_cmd(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Command {
     let mut cmd = fx.cmd(config);
     cmd.arg("drill")
         .args(id.map_or(vec!["--latest"], |id| vec![id]));
@@ -96,7 +96,29 @@ fn drill(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Output 
         .arg("--scratch-dir")
         .arg(fx.path("scratch"))
         .args(fx.identity_args());
-    run(&mut cmd)
+    cmd
+}
+
+fn drill(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Output {
+    run(&mut drill_cmd(fx, config, id))
+}
+
+/// A metrics textfile read by Prometheus' own text parser (as node_exporter reads it):
+/// `name{label=value,...}` to value.
+fn prometheus_samples(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\nfor f in text_string_to_metric_families(open(sys.argv[1]).read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n        print(s.name + ('{' + labels + '}' if labels else ''), s.value)\n";
+    let out = run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(path),
+    );
+    stdout_str(&out)
+        .lines()
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {
@@ -121,8 +143,33 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
     write_encryption_config(&fx, &CBC_KEY);
     std::fs::create_dir_all(fx.path("scratch")).unwrap();
     let (target, config) = fx.dir_config(&etcd, "");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&run_ok(fx.cmd(&config).args(["backup", "--json"])).stdout).unwrap();
+    let backup_prom = fx.path("backup.prom");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &run_ok(
+            fx.cmd(&config)
+                .args(["backup", "--json", "--metrics-textfile"])
+                .arg(&backup_prom),
+        )
+        .stdout,
+    )
+    .unwrap();
+    let metrics = prometheus_samples(&backup_prom);
+    assert_eq!(
+        metrics["etcd_offsite_backups_total{result=success}"], 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics["etcd_offsite_last_run_success{command=backup}"],
+        1.0
+    );
+    assert_eq!(metrics["etcd_offsite_backups_complete"], 1.0);
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(manifest["finished_at"].as_str().unwrap()).unwrap();
+    let last = metrics["etcd_offsite_last_success_timestamp_seconds"];
+    assert!(
+        (last - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.01,
+        "{last} vs {finished}"
+    );
     let content = &manifest["content"];
     assert_eq!(
         content["prefixes"]["/kubernetes.io/secrets"], 12,
@@ -144,10 +191,26 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
     assert_eq!(uses, ["aescbc:key1", "aesgcm:gcm1"], "{content}");
 
     // Every check holds: exit 0, the counts and the decrypted sample reported.
-    let out = drill(&fx, &config, None);
+    let drill_prom = fx.path("drill.prom");
+    let out = run(&mut drill_cmd(&fx, &config, None)
+        .arg("--metrics-textfile")
+        .arg(&drill_prom));
     assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
     let record = json(&out);
     assert_eq!(record["ok"], true, "{record}");
+    let metrics = prometheus_samples(&drill_prom);
+    assert_eq!(
+        metrics["etcd_offsite_drills_total{result=success}"], 1.0,
+        "{metrics:?}"
+    );
+    let at = chrono::DateTime::parse_from_rfc3339(record["at"].as_str().unwrap()).unwrap();
+    assert!(
+        (metrics["etcd_offsite_last_drill_success_timestamp_seconds"]
+            - at.timestamp_millis() as f64 / 1000.0)
+            .abs()
+            < 0.01,
+        "{metrics:?}"
+    );
     assert_eq!(check(&record, "key counts")["ok"], true, "{record}");
     assert!(
         record["decrypted"]["aescbc:key1"].as_u64().unwrap() >= 1,

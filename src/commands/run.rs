@@ -2,86 +2,16 @@
 //! Prometheus metrics on `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use chrono::Utc;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use super::Targets;
 use crate::cli::RunArgs;
 use crate::config::{Config, SnapshotSource};
 use crate::error::{ConfigError, ExitKind, exit_kind};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: String,
-}
-
-struct Metrics {
-    registry: Registry,
-    backups: Family<ResultLabel, Counter>,
-    last_success: Gauge<f64, AtomicU64>,
-    last_duration: Gauge<f64, AtomicU64>,
-    last_stored_bytes: Gauge,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = Registry::with_prefix("etcd_offsite");
-        let backups = Family::<ResultLabel, Counter>::default();
-        let last_success = Gauge::<f64, AtomicU64>::default();
-        let last_duration = Gauge::<f64, AtomicU64>::default();
-        let last_stored_bytes = Gauge::default();
-        registry.register(
-            "backups",
-            "Backups attempted, by result (success, failure, skipped)",
-            backups.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last successful backup",
-            last_success.clone(),
-        );
-        registry.register(
-            "last_duration_seconds",
-            "Duration of the last backup attempt",
-            last_duration.clone(),
-        );
-        registry.register(
-            "last_stored_bytes",
-            "Bytes stored by the last successful backup",
-            last_stored_bytes.clone(),
-        );
-        Self {
-            registry,
-            backups,
-            last_success,
-            last_duration,
-            last_stored_bytes,
-        }
-    }
-
-    fn count(&self, result: &str) {
-        self.backups
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
-    }
-
-    fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
-    }
-}
+use crate::telemetry::Metrics;
 
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
     let schedule = config.schedule.as_ref().ok_or_else(|| {
@@ -92,6 +22,13 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
     })?;
     let targets = Targets::open(config)?;
     let metrics = Arc::new(Metrics::new());
+    // A restart must not make the newest backup look missing until the next one.
+    if let Err(e) = metrics
+        .seed_from_store(&targets.snapshot, &config.cluster)
+        .await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics' starting values");
+    }
     let listener = TcpListener::bind(&args.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
@@ -160,23 +97,28 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         metrics.last_duration.set(started.elapsed().as_secs_f64());
         match outcome {
             Ok(manifest) => {
-                metrics.count("success");
-                metrics.last_success.set(Utc::now().timestamp() as f64);
-                metrics
-                    .last_stored_bytes
-                    .set(i64::try_from(manifest.stored_size()).unwrap_or(i64::MAX));
+                metrics.count_backup("success");
+                metrics.ran("backup", true);
                 if let Err(e) = super::backup::prune_after(config, &targets, &manifest.id).await {
                     tracing::error!(error = %format!("{e:#}"), "prune failed");
                 }
             }
             Err(e) if exit_kind(&e) == ExitKind::Refused => {
-                metrics.count("skipped");
+                metrics.count_backup("skipped");
+                metrics.ran("backup", true);
                 tracing::info!(reason = %format!("{e:#}"), "backup skipped");
             }
             Err(e) => {
-                metrics.count("failure");
+                metrics.count_backup("failure");
+                metrics.ran("backup", false);
                 tracing::error!(error = %format!("{e:#}"), "backup failed");
             }
+        }
+        if let Err(e) = metrics
+            .seed_from_store(&targets.snapshot, &config.cluster)
+            .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics");
         }
         if stopping {
             tracing::info!("shutting down");
