@@ -192,7 +192,7 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
 
     // Every check holds: exit 0, the counts and the decrypted sample reported.
     let drill_prom = fx.path("drill.prom");
-    let out = run(&mut drill_cmd(&fx, &config, None)
+    let out = run(drill_cmd(&fx, &config, None)
         .arg("--metrics-textfile")
         .arg(&drill_prom));
     assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
