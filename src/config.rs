@@ -181,6 +181,18 @@ pub struct Schedule {
     pub jitter: Duration,
     /// How often `run` checks etcd for a new platform version (a backup follows every upgrade).
     pub upgrade_check: Option<Duration>,
+    /// Restore drills of the newest backup, on their own cron (off by default).
+    pub drill: Option<DrillSchedule>,
+}
+
+/// `schedule.drill`: `run` drills the newest backup on this cron.
+#[derive(Debug, Clone)]
+pub struct DrillSchedule {
+    pub cron: croner::Cron,
+    pub cron_text: String,
+    /// Identity files for the snapshot and the keys archive (a recovery host's keys).
+    pub identities: Vec<PathBuf>,
+    pub scratch_dir: PathBuf,
 }
 
 // ---- the YAML shape -------------------------------------------------------------
@@ -249,6 +261,15 @@ struct RawSchedule {
     jitter: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     upgrade_check: Option<Duration>,
+    drill: Option<RawDrillSchedule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrillSchedule {
+    cron: String,
+    identities: Vec<PathBuf>,
+    scratch_dir: Option<PathBuf>,
 }
 
 /// What the configuration is loaded for: reading backups must work on any host with the
@@ -410,7 +431,10 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
             .map_err(|problem| ConfigError::new("retention", problem))?;
     }
 
-    let schedule = raw.schedule.map(validate_schedule).transpose()?;
+    let schedule = raw
+        .schedule
+        .map(|s| validate_schedule(s, check_files))
+        .transpose()?;
     if schedule.as_ref().is_some_and(|s| s.upgrade_check.is_some())
         && !matches!(source, SnapshotSource::Etcd(_))
     {
@@ -938,7 +962,40 @@ fn validate_target(key: &str, target: &TargetConfig) -> Result<(), ConfigError> 
     Ok(())
 }
 
-fn validate_schedule(raw: RawSchedule) -> Result<Schedule, ConfigError> {
+/// A five-field (or six, seconds first) cron expression.
+fn parse_cron(key: &str, text: &str) -> Result<croner::Cron, ConfigError> {
+    croner::Cron::from_str(text).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("{text:?} is not a cron expression ({e}); use five fields, e.g. \"0 3 * * *\""),
+        )
+    })
+}
+
+fn validate_drill_schedule(
+    raw: RawDrillSchedule,
+    check_files: bool,
+) -> Result<DrillSchedule, ConfigError> {
+    if raw.identities.is_empty() {
+        return Err(ConfigError::new(
+            "schedule.drill.identities",
+            "empty; list the identity files of the snapshot and of the keys archive",
+        ));
+    }
+    if check_files {
+        for (i, path) in raw.identities.iter().enumerate() {
+            readable_file(&format!("schedule.drill.identities[{i}]"), path)?;
+        }
+    }
+    Ok(DrillSchedule {
+        cron: parse_cron("schedule.drill.cron", &raw.cron)?,
+        cron_text: raw.cron,
+        identities: raw.identities,
+        scratch_dir: raw.scratch_dir.unwrap_or_else(|| PathBuf::from("/var/tmp")),
+    })
+}
+
+fn validate_schedule(raw: RawSchedule, check_files: bool) -> Result<Schedule, ConfigError> {
     if raw
         .upgrade_check
         .is_some_and(|d| d < Duration::from_secs(1))
@@ -948,20 +1005,16 @@ fn validate_schedule(raw: RawSchedule) -> Result<Schedule, ConfigError> {
             "must be at least 1s; 5m is a good interval",
         ));
     }
-    let cron = croner::Cron::from_str(&raw.cron).map_err(|e| {
-        ConfigError::new(
-            "schedule.cron",
-            format!(
-                "{:?} is not a cron expression ({e}); use five fields, e.g. \"0 3 * * *\"",
-                raw.cron
-            ),
-        )
-    })?;
+    let cron = parse_cron("schedule.cron", &raw.cron)?;
     Ok(Schedule {
         cron,
         cron_text: raw.cron,
         jitter: raw.jitter.unwrap_or_default(),
         upgrade_check: raw.upgrade_check,
+        drill: raw
+            .drill
+            .map(|d| validate_drill_schedule(d, check_files))
+            .transpose()?,
     })
 }
 

@@ -135,3 +135,66 @@ fn an_upgrade_triggers_a_backup() {
         tail(&fx.path("run.log"), 30)
     );
 }
+
+/// `schedule.drill`: `run` drills the newest backup on its own cron, stores the record,
+/// and a restart seeds the gauges from the store (the drill's time survives it).
+#[test]
+fn scheduled_drills_run_and_survive_a_restart_in_the_metrics() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(100, 100);
+    let fx = Fixture::new();
+    let scratch = fx.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (_, config) = fx.dir_config(
+        &etcd,
+        &format!(
+            "schedule:\n  cron: \"0 3 1 1 *\"\n  drill:\n    cron: \"*/2 * * * * *\"\n    identities: [\"{}\", \"{}\"]\n    scratch_dir: {}\n",
+            fx.snapshot_key.display(),
+            fx.static_key.display(),
+            scratch.display()
+        ),
+    );
+    run_ok(fx.cmd(&config).arg("backup"));
+    let port = free_port();
+    let scheduler = start(&fx, &config, port);
+    let drilled = wait_until(Duration::from_secs(60), || {
+        list_ids(&fx, &config)[0]["drill"]["ok"] == true
+    });
+    assert!(
+        drilled,
+        "a scheduled drill within 60 s:\n{}",
+        tail(&fx.path("run.log"), 30)
+    );
+    let scrape = || http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"").text();
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape()
+            .contains("etcd_offsite_drills_total{result=\"success\"}")),
+        "{}",
+        scrape()
+    );
+    drop(scheduler);
+
+    // Restarted (the drill cron far away): the gauges come from the store at once.
+    let config = fx.write_config(
+        "config-restart.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!(
+            "  snapshot: {{ url: \"file://{}\" }}\n",
+            fx.path("backups").display()
+        ),
+        "schedule: { cron: \"0 3 1 1 *\" }\n",
+    );
+    let port = free_port();
+    let _scheduler = start(&fx, &config, port);
+    let seeded = wait_until(Duration::from_secs(20), || {
+        if !port_open(port) {
+            return false;
+        }
+        let text = http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"").text();
+        text.lines().any(|l| {
+            l.starts_with("etcd_offsite_last_drill_success_timestamp_seconds ")
+                && !l.ends_with(" 0.0")
+        })
+    });
+    assert!(seeded, "{}", tail(&fx.path("run.log"), 30));
+}

@@ -13,10 +13,52 @@ use crate::pipeline::Identities;
 use crate::store::layout::drill_record_name;
 
 pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
-    let identities = Identities::load(&args.identities)?;
     let targets = Targets::open(config)?;
-    let manifest =
-        super::verify::select_trusted(config, &targets, args.selection.id.as_deref()).await?;
+    let (record, stored) = execute(
+        config,
+        &targets,
+        args.selection.id.as_deref(),
+        &args.identities,
+        &args.scratch_dir,
+    )
+    .await?;
+    print(&record, args.json)?;
+    let key = stored.context("the drill ran, but its record could not be stored")?;
+    tracing::info!(id = %record.backup_id, record = %key, ok = record.ok, "drill finished");
+    outcome(&record)
+}
+
+/// The exit class of a drill: 0 when every check held, an integrity failure (3) naming the
+/// failed checks otherwise.
+pub fn outcome(record: &DrillRecord) -> anyhow::Result<()> {
+    if record.ok {
+        return Ok(());
+    }
+    let failed: Vec<String> = record
+        .checks
+        .iter()
+        .filter(|c| c.ok == Some(false))
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    Err(IntegrityError(format!(
+        "drill of backup {} failed: {}",
+        record.backup_id,
+        failed.join("; ")
+    ))
+    .into())
+}
+
+/// Drills backup `id` (or the newest trusted one) and stores the record; returns the
+/// record and where it was stored (or why it could not be).
+pub async fn execute(
+    config: &Config,
+    targets: &Targets,
+    id: Option<&str>,
+    identity_files: &[std::path::PathBuf],
+    scratch_dir: &std::path::Path,
+) -> anyhow::Result<(DrillRecord, anyhow::Result<String>)> {
+    let identities = Identities::load(identity_files)?;
+    let manifest = super::verify::select_trusted(config, targets, id).await?;
     let snapshot_identity = identities
         .for_artifact(&manifest.artifacts.snapshot)
         .ok_or_else(|| {
@@ -39,7 +81,7 @@ pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    tracing::info!(id = %manifest.id, scratch = %args.scratch_dir.display(), "drill started");
+    tracing::info!(id = %manifest.id, scratch = %scratch_dir.display(), "drill started");
     let record = drill::run(
         DrillInputs {
             manifest: &manifest,
@@ -47,29 +89,11 @@ pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
             snapshot_identity,
             keys,
         },
-        &args.scratch_dir,
+        scratch_dir,
     )
     .await?;
-    let stored = store(&targets, &manifest.cluster, &record).await;
-    print(&record, args.json)?;
-    let key = stored.context("the drill ran, but its record could not be stored")?;
-    tracing::info!(id = %manifest.id, record = %key, ok = record.ok, "drill finished");
-    if record.ok {
-        Ok(())
-    } else {
-        let failed: Vec<String> = record
-            .checks
-            .iter()
-            .filter(|c| c.ok == Some(false))
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect();
-        Err(IntegrityError(format!(
-            "drill of backup {} failed: {}",
-            record.backup_id,
-            failed.join("; ")
-        ))
-        .into())
-    }
+    let stored = store(targets, &manifest.cluster, &record).await;
+    Ok((record, stored))
 }
 
 /// Stores the record create-only beside the manifest; returns its key.

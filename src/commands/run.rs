@@ -61,8 +61,17 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
             tokio::time::Instant::now() + (next - Utc::now()).to_std().unwrap_or_default() + jitter;
         tracing::info!(next = %next.to_rfc3339(), jitter = ?jitter, "next backup");
         let reason = loop {
+            let drill_due = schedule.drill.as_ref().and_then(|d| {
+                let at = d.cron.find_next_occurrence(&Utc::now(), false).ok()?;
+                Some(tokio::time::Instant::now() + (at - Utc::now()).to_std().unwrap_or_default())
+            });
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break "schedule",
+                _ = sleep_until_some(drill_due) => {
+                    if let Some(drill) = &schedule.drill {
+                        drill_newest(config, &targets, drill, &metrics).await;
+                    }
+                }
                 _ = tick(&mut upgrade_check) => {
                     // Another host may have backed up the new version already.
                     let recorded = newest_platform_version(config, &targets).await;
@@ -124,6 +133,55 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             return Ok(());
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `schedule.drill`: drills the newest (trusted) backup and records the outcome.
+async fn drill_newest(
+    config: &Config,
+    targets: &Targets,
+    drill: &crate::config::DrillSchedule,
+    metrics: &Metrics,
+) {
+    tracing::info!(cron = %drill.cron_text, "scheduled drill starting");
+    let outcome =
+        super::drill::execute(config, targets, None, &drill.identities, &drill.scratch_dir).await;
+    let result = match outcome {
+        Ok((record, stored)) => {
+            if let Err(e) = stored {
+                tracing::error!(error = %format!("{e:#}"), "the drill's record could not be stored");
+            }
+            match super::drill::outcome(&record) {
+                Ok(()) => {
+                    tracing::info!(id = %record.backup_id, "drill passed");
+                    "success"
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "drill failed");
+                    "failure"
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "drill could not run");
+            "failure"
+        }
+    };
+    metrics.count_drill(result);
+    metrics.ran("drill", result == "success");
+    if let Err(e) = metrics
+        .seed_from_store(&targets.snapshot, &config.cluster)
+        .await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics");
     }
 }
 
