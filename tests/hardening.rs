@@ -878,6 +878,29 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     let mut all = fx.cmd(&reader_only);
     all.args(["verify", "--all"]).args(&ids);
     run_code(&mut all, 3);
+
+    // `list` marks them.
+    let out = run_ok(fx.cmd(&reader_only).args(["list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let trusted = |id: &str| {
+        listed.iter().find(|b| b["id"] == id).unwrap()["trusted"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(trusted(&a) && trusted(&b));
+    assert!(!trusted(&unsigned) && !trusted(&foreign));
+    let out = run_ok(fx.cmd(&reader_only).arg("list"));
+    assert_eq!(
+        stdout_str(&out).matches("UNTRUSTED").count(),
+        2,
+        "{}",
+        stdout_str(&out)
+    );
+    let out = run_ok(fx.cmd(&trusting).args(["list", "--json"]));
+    assert!(
+        !stdout_str(&out).contains("trusted"),
+        "no marks without allowed_signers"
+    );
 }
 
 /// CPU time (user + system, in clock ticks) a process has used.

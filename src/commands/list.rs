@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
+use crate::error::{ExitKind, exit_kind};
 use crate::store::Target;
 use crate::store::catalog::{BackupEntry, list_backups};
 
@@ -19,6 +20,12 @@ struct ListedBackup<'a> {
     static_resources_size: Option<u64>,
     platform_version: Option<&'a str>,
     problem: Option<&'a str>,
+    /// With `signing.allowed_signers`: whether a listed key signed this manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted: Option<bool>,
+    /// Why the backup is not trusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    untrusted_because: Option<String>,
 }
 
 impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
@@ -35,6 +42,8 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
                 .map(|a| a.plaintext.size),
             platform_version: manifest.and_then(|m| m.platform_version.as_deref()),
             problem: entry.problem.as_deref(),
+            trusted: None,
+            untrusted_because: None,
         }
     }
 }
@@ -42,7 +51,22 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
 pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     let target = Target::open(&config.targets.snapshot)?;
     let entries = list_backups(&target, &config.cluster).await?;
-    let listed: Vec<ListedBackup> = entries.iter().map(ListedBackup::from).collect();
+    let mut listed: Vec<ListedBackup> = entries.iter().map(ListedBackup::from).collect();
+    if config.signing.allowed_signers.is_some() {
+        for (listed, entry) in listed.iter_mut().zip(&entries) {
+            let Some(manifest) = &entry.manifest else {
+                continue;
+            };
+            match crate::signing::require_signed(config, &target, manifest).await {
+                Ok(()) => listed.trusted = Some(true),
+                Err(e) if exit_kind(&e) == ExitKind::Integrity => {
+                    listed.trusted = Some(false);
+                    listed.untrusted_because = Some(format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
@@ -53,6 +77,9 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     );
     for b in &listed {
         let status = match (b.complete, b.problem) {
+            (true, _) if b.trusted == Some(false) => {
+                "complete, UNTRUSTED (not signed by an allowed signer)".to_string()
+            }
             (true, _) => "complete".to_string(),
             (false, Some(problem)) => format!("incomplete: {problem}"),
             (false, None) => "incomplete (no manifest)".to_string(),
