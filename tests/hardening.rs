@@ -574,6 +574,13 @@ fn no_planted_secret_in_any_output_and_no_plaintext_in_any_stored_object() {
     record(&mut outputs, "list", &config, &["list"], Some(0));
     record(
         &mut outputs,
+        "prune --dry-run",
+        &config,
+        &["prune", "--dry-run"],
+        None,
+    );
+    record(
+        &mut outputs,
         "list --json",
         &config,
         &["list", "--json"],
@@ -852,6 +859,15 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
         .args(&ids);
     run_code(&mut restore, 3);
     std::fs::write(a_dir.join("manifest.json"), original).unwrap();
+    verify(&reader_only, &a, 0);
+    // A signature made by stock OpenSSH is accepted too.
+    std::fs::remove_file(a_dir.join("manifest.json.sig")).unwrap();
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-Y", "sign", "-q", "-n", "etcd-offsite", "-f"])
+            .arg(&key)
+            .arg(a_dir.join("manifest.json")),
+    );
     verify(&reader_only, &a, 0);
 
     // Unsigned, and signed by a key that allowed_signers does not list.
