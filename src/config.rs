@@ -1347,4 +1347,41 @@ mod tests {
         let err = parse(&text, Purpose::TakeBackups).unwrap_err();
         assert!(!err.to_string().contains("Sup3rS3cret"), "{err}");
     }
+
+    #[test]
+    fn no_mangling_of_an_identity_gets_it_echoed() {
+        let secret = "AGE-SECRET-KEY-1GQ9778VQXMMJVE8SK7J6VT8UJ4HDQAJUVSFCWCM02D8GEWQ72PVQ2Y5J33";
+        let body = secret["AGE-SECRET-KEY-1".len()..].to_ascii_lowercase();
+        let wrappers = [
+            "",
+            "\u{feff}",
+            "\"",
+            "'",
+            " ",
+            "\t",
+            "`",
+            "recipient: ",
+            "- ",
+        ];
+        for _ in 0..500 {
+            let mangled: String = secret
+                .chars()
+                .map(|c| {
+                    if rand::random::<bool>() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let pick = || wrappers[rand::random_range(0..wrappers.len())];
+            let text = format!("{}{}{mangled}{}{}", pick(), pick(), pick(), pick());
+            let err = parse_recipient("here", &text).expect_err(&text).to_string();
+            let folded = err.to_ascii_lowercase();
+            for window in body.as_bytes().windows(8) {
+                let window = std::str::from_utf8(window).unwrap();
+                assert!(!folded.contains(window), "{text:?} echoed as: {err}");
+            }
+        }
+    }
 }

@@ -574,6 +574,13 @@ fn no_planted_secret_in_any_output_and_no_plaintext_in_any_stored_object() {
     record(&mut outputs, "list", &config, &["list"], Some(0));
     record(
         &mut outputs,
+        "prune --dry-run",
+        &config,
+        &["prune", "--dry-run"],
+        None,
+    );
+    record(
+        &mut outputs,
         "list --json",
         &config,
         &["list", "--json"],
@@ -853,6 +860,15 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     run_code(&mut restore, 3);
     std::fs::write(a_dir.join("manifest.json"), original).unwrap();
     verify(&reader_only, &a, 0);
+    // A signature made by stock OpenSSH is accepted too.
+    std::fs::remove_file(a_dir.join("manifest.json.sig")).unwrap();
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-Y", "sign", "-q", "-n", "etcd-offsite", "-f"])
+            .arg(&key)
+            .arg(a_dir.join("manifest.json")),
+    );
+    verify(&reader_only, &a, 0);
 
     // Unsigned, and signed by a key that allowed_signers does not list.
     let unsigned = backup_id(&fx, &reader_only);
@@ -878,6 +894,29 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     let mut all = fx.cmd(&reader_only);
     all.args(["verify", "--all"]).args(&ids);
     run_code(&mut all, 3);
+
+    // `list` marks them.
+    let out = run_ok(fx.cmd(&reader_only).args(["list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let trusted = |id: &str| {
+        listed.iter().find(|b| b["id"] == id).unwrap()["trusted"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(trusted(&a) && trusted(&b));
+    assert!(!trusted(&unsigned) && !trusted(&foreign));
+    let out = run_ok(fx.cmd(&reader_only).arg("list"));
+    assert_eq!(
+        stdout_str(&out).matches("UNTRUSTED").count(),
+        2,
+        "{}",
+        stdout_str(&out)
+    );
+    let out = run_ok(fx.cmd(&trusting).args(["list", "--json"]));
+    assert!(
+        !stdout_str(&out).contains("trusted"),
+        "no marks without allowed_signers"
+    );
 }
 
 /// CPU time (user + system, in clock ticks) a process has used.

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
+use crate::error::{ExitKind, exit_kind};
 use crate::manifest::UpgradeInfo;
 use crate::store::Target;
 use crate::store::catalog::{BackupEntry, DrillSummary, list_backups, read_drill};
@@ -26,6 +27,12 @@ struct ListedBackup<'a> {
     /// The newest drill of this backup.
     drill: Option<DrillSummary>,
     problem: Option<&'a str>,
+    /// With `signing.allowed_signers`: whether a listed key signed this manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted: Option<bool>,
+    /// Why the backup is not trusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    untrusted_because: Option<String>,
 }
 
 impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
@@ -45,6 +52,8 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
             dirty: manifest.is_some_and(|m| m.dirty),
             drill: None,
             problem: entry.problem.as_deref(),
+            trusted: None,
+            untrusted_because: None,
         }
     }
 }
@@ -56,6 +65,21 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     for (entry, listed) in entries.iter().zip(listed.iter_mut()) {
         if let Some(key) = entry.drill_records().first() {
             listed.drill = read_drill(&target, key).await;
+        }
+    }
+    if config.signing.allowed_signers.is_some() {
+        for (listed, entry) in listed.iter_mut().zip(&entries) {
+            let Some(manifest) = &entry.manifest else {
+                continue;
+            };
+            match crate::signing::require_signed(config, &target, manifest).await {
+                Ok(()) => listed.trusted = Some(true),
+                Err(e) if exit_kind(&e) == ExitKind::Integrity => {
+                    listed.trusted = Some(false);
+                    listed.untrusted_because = Some(format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     if args.json {
@@ -70,6 +94,9 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
         let status = match (b.complete, b.problem) {
             (true, _) => {
                 let mut status = "complete".to_string();
+                if b.trusted == Some(false) {
+                    status.push_str(", UNTRUSTED (not signed by an allowed signer)");
+                }
                 if b.dirty {
                     status.push_str(", DIRTY");
                 }

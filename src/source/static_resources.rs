@@ -95,7 +95,7 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<String> {
 
 /// The largest file archived: static pod resources are certificates, keys and small
 /// manifests; anything bigger is not what this archive is for and would be held in memory.
-pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
 
 /// How often a file that changes while it is read is read again before the backup fails.
 const READ_ATTEMPTS: u32 = 3;
@@ -202,7 +202,7 @@ fn header_for(metadata: &std::fs::Metadata) -> tar::Header {
 
 /// The whole file, read while its size, mtime and ctime stayed the same, with the
 /// metadata that describes exactly those bytes.
-pub fn read_consistent(path: &Path) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
+fn read_consistent(path: &Path) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
     use std::io::Read;
     let context =
         |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
