@@ -150,12 +150,19 @@ mod tests {
 
     const MASTERS: [&str; 3] = ["master-0", "master-1", "master-2"];
 
-    #[test]
-    fn release_4_17_host_layout() {
+    /// A host whose /etc/kubernetes (`base`) has the etcd certificates of every master at
+    /// the host path (`root`), with the CA bundle `ca`.
+    fn host_with(ca: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let host = crate::scratch_dir();
         let base = host.path().join("etc/kubernetes");
         let root = base.join("static-pod-resources/etcd-certs");
-        certs(&root, CA_BUNDLES[0].0, &MASTERS);
+        certs(&root, ca, &MASTERS);
+        (host, base, root)
+    }
+
+    #[test]
+    fn release_4_17_host_layout() {
+        let (host, base, root) = host_with(CA_BUNDLES[0].0);
         let found = discover(&base, &host.path().join("run"), "master-1").unwrap();
         assert_eq!(found.cacert, root.join(CA_BUNDLES[0].0));
         assert_eq!(
@@ -167,10 +174,7 @@ mod tests {
 
     #[test]
     fn release_4_16_host_layout_with_a_fully_qualified_hostname() {
-        let host = crate::scratch_dir();
-        let base = host.path().join("etc/kubernetes");
-        let root = base.join("static-pod-resources/etcd-certs");
-        certs(&root, CA_BUNDLES[1].0, &MASTERS);
+        let (host, base, root) = host_with(CA_BUNDLES[1].0);
         let found = discover(&base, &host.path().join("run"), "master-2.ocp.example.com").unwrap();
         assert_eq!(found.cacert, root.join(CA_BUNDLES[1].0));
         assert_eq!(
@@ -182,10 +186,7 @@ mod tests {
     #[test]
     fn release_4_8_host_symlink_and_pod_layout() {
         // 4.8 and older: the host had /etc/kubernetes/static-pod-certs as a link.
-        let host = crate::scratch_dir();
-        let base = host.path().join("etc/kubernetes");
-        let root = base.join("static-pod-resources/etcd-certs");
-        certs(&root, CA_BUNDLES[1].0, &MASTERS);
+        let (host, base, root) = host_with(CA_BUNDLES[1].0);
         std::os::unix::fs::symlink(&root, base.join("static-pod-certs")).unwrap();
         let found = discover(&base, &host.path().join("run"), "master-0").unwrap();
         assert!(found.cert.starts_with(&root));
