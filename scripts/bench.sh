@@ -14,6 +14,11 @@
 #   b. etcd-offsite backup → file:// target
 #   c. shell pipeline → S3 (moto)   as a., then the .age file is uploaded
 #   d. etcd-offsite backup → s3:// on moto
+# then reads back case b's last backup from its file:// target, N times each:
+#   r. stock decode: age -d | zstd -d -T0 > file, then sha256sum of the file
+#   s. etcd-offsite restore (snapshot + keys archive, every digest checked)
+#   v. etcd-offsite verify with identities (deep verify: decrypt, decompress, digests, trailer, tar)
+#   x. etcd-offsite drill (restore into a scratch etcd, key counts, encrypted values)
 # and checks once per case that the stored artifact decrypts (age -d) and decompresses
 # (zstd -d) to a snapshot of the same size and `etcdctl snapshot status` as a reference
 # `etcdctl snapshot save`. It prints one table, the machine and the exact commands.
@@ -445,6 +450,58 @@ check_static b "$TARGET_B/bench/$ID_B/static_kuberesources.tar.zst.age"
 STATIC_STORED=$(fsize "$TARGET_B/bench/$ID_B/static_kuberesources.tar.zst.age")
 MANIFEST_BYTES=$(fsize "$TARGET_B/bench/$ID_B/manifest.json")
 
+# ---- reading back case b's last backup: r (stock), s (restore), v (deep verify), x (drill)
+declare -A B_WALL B_RSS B_SELF
+READ_CASES=(r s v x)
+declare -A READ_NAME=(
+  [r]="r. stock: age -d | zstd -d -T0 > file; sha256sum file"
+  [s]="s. etcd-offsite restore (snapshot + keys archive)"
+  [v]="v. etcd-offsite verify --identity (deep)"
+  [x]="x. etcd-offsite drill"
+)
+ART_B="$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
+run_read() {  # run_read r|s|v|x RUN
+  local case=$1 i=$2 d="$W/read-$1/run$2" t0 t1 wall rss=0 self="" f
+  mkdir -p "$d"
+  sync
+  t0=$(now)
+  case "$case" in
+    r)
+      timed "$d/1.time" age -d -i "$W/snapshot.key" "$ART_B" \
+        | timed "$d/2.time" zstd -d -T0 -q -c > "$d/snapshot.db"
+      timed "$d/3.time" sha256sum "$d/snapshot.db" > "$d/sha256" ;;
+    s)
+      timed "$d/1.time" "$BIN" --config "$CFG_B" --log-format json restore "$ID_B" --to "$d/out" \
+        --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
+        || die "case s run $i: restore failed: $(tail -n 3 "$d/output.log")" ;;
+    v)
+      timed "$d/1.time" "$BIN" --config "$CFG_B" verify "$ID_B" \
+        --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
+        || die "case v run $i: verify failed: $(tail -n 3 "$d/output.log")" ;;
+    x)
+      mkdir -p "$W/scratch"
+      timed "$d/1.time" "$BIN" --config "$CFG_B" --log-format json drill "$ID_B" --scratch-dir "$W/scratch" \
+        --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
+        || die "case x run $i: drill failed: $(tail -n 3 "$d/output.log")"
+      # The drill's own peak (GNU time's %M is the largest of it and the etcd it started).
+      self=$(grep -o '"peak_rss_bytes":[0-9]*' "$d/output.log" | tail -n1 | cut -d: -f2) ;;
+  esac
+  t1=$(now)
+  wall=$(sub "$t1" "$t0")
+  for f in "$d"/*.time; do
+    local r; r=$(tfield "$f" 2); [ "$r" -gt "$rss" ] && rss=$r
+  done
+  B_WALL[$case]+="$wall "; B_RSS[$case]+="$(( rss * 1024 )) "
+  [ -n "$self" ] && B_SELF[$case]+="$self "
+  say_run "$(printf '  %s run %d/%d: wall %s s | peak RSS %s MB%s' "$case" "$i" "$RUNS" "$wall" "$(mb $(( rss * 1024 )))" \
+    "${self:+ (etcd-offsite itself $(mb "$self") MB)}")"
+  rm -rf "$d/snapshot.db" "$d/out"
+}
+for c in "${READ_CASES[@]}"; do
+  log "case $c: ${READ_NAME[$c]}, $RUNS runs"
+  for i in $(seq "$RUNS"); do run_read "$c" "$i"; done
+done
+
 # ---- c (fresh moto)
 start_moto c
 log "case c: shell pipeline → S3 on moto ($MOTO_URL), $RUNS runs"
@@ -492,6 +549,25 @@ for c in "${CASES[@]}"; do
     "$(awk -v b="$DB_BYTES" -v w="$w" 'BEGIN{print b/1e6/w}')" "$(awk -v r="$r" 'BEGIN{print r/1e6}')" \
     "$(commas "$(printf '%.0f' "$t")")" "$(awk -v s="$s" 'BEGIN{print s/1e6}')"
 done
+echo
+echo "Reading back case b's last backup ($(commas "$DB_BYTES") byte snapshot) from its file:// target (median of $RUNS runs):"
+echo
+echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | vs stock |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+# shellcheck disable=SC2086
+STOCK_W=$(median ${B_WALL[r]})
+for c in "${READ_CASES[@]}"; do
+  # shellcheck disable=SC2086
+  w=$(median ${B_WALL[$c]}); r=$(median ${B_RSS[$c]}); extra=""
+  # shellcheck disable=SC2086
+  [ -n "${B_SELF[$c]:-}" ] && extra=" (itself $(awk -v r="$(median ${B_SELF[$c]})" 'BEGIN{printf "%.1f", r/1e6}'))"
+  printf '| %s | %.2f | %.1f | %.1f%s | %.2fx |\n' "${READ_NAME[$c]}" "$w" \
+    "$(awk -v b="$DB_BYTES" -v w="$w" 'BEGIN{print b/1e6/w}')" "$(awk -v r="$r" 'BEGIN{print r/1e6}')" "$extra" \
+    "$(awk -v w="$w" -v s="$STOCK_W" 'BEGIN{print w/s}')"
+done
+echo
+echo "Peak RSS of r is its largest process (age, zstd, sha256sum); of x the largest of etcd-offsite and the scratch etcd"
+echo "(etcd-offsite's own peak, from its log, in parentheses). s and x write the snapshot to disk, as r does."
 echo
 echo "Where the time goes: CPU seconds (user+sys, median over the runs) on $(nproc) cores. \"other\" is what every other"
 echo "process on the machine used during the runs: noise from other work (0 on a quiet machine)."

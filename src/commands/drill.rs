@@ -24,7 +24,13 @@ pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
     .await?;
     print(&record, args.json)?;
     let key = stored.context("the drill ran, but its record could not be stored")?;
-    tracing::info!(id = %record.backup_id, record = %key, ok = record.ok, "drill finished");
+    tracing::info!(
+        id = %record.backup_id,
+        record = %key,
+        ok = record.ok,
+        peak_rss_bytes = crate::telemetry::peak_rss_bytes(),
+        "drill finished"
+    );
     outcome(&record)
 }
 
