@@ -364,25 +364,37 @@ fn a_second_host_is_refused_while_the_lock_is_held() {
     etcd.load(50, 100);
     let fx = Fixture::new();
     let (dir, config) = fx.dir_config(&etcd, "");
-    std::fs::create_dir_all(dir.join("test")).unwrap();
-    // master-1's lock, acquired and expiring at these offsets (seconds) from now.
-    let write_lock = |acquired: i64, expires: i64| {
+    let lock_dir = dir.join("test/lock");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    // master-1 holds generation 5 of the lock, last renewed `age` ago.
+    let write_lock = |age: &str| {
         let lock = serde_json::json!({
-            "host": "master-1", "pid": 1,
-            "acquired_at": chrono_now(acquired), "expires_at": chrono_now(expires),
+            "state": "held", "host": "master-1", "pid": 1, "token": 1,
+            "acquired_at": chrono_now(-60), "written_at": chrono_now(-60),
+            "stale_after_secs": 180,
         });
-        std::fs::write(dir.join("test/backup.lock"), lock.to_string()).unwrap();
+        let path = lock_dir.join("0000000000000005");
+        std::fs::write(&path, lock.to_string()).unwrap();
+        run_ok(Command::new("touch").arg("-d").arg(age).arg(&path));
     };
-    write_lock(0, 3600);
+    write_lock("10 seconds ago");
     let out = run_code(fx.cmd(&config).arg("backup"), 4);
     assert_stderr_has(&out, "held by master-1");
-    // An expired lock (a crashed run) is broken and the backup goes ahead.
-    write_lock(-7200, -60);
+    // Not renewed for longer than lock_stale_after (3 min): its run is dead; broken.
+    write_lock("5 minutes ago");
     run_ok(fx.cmd(&config).arg("backup"));
-    assert!(
-        !dir.join("test/backup.lock").exists(),
-        "lock released after the backup"
+    let generations: Vec<String> = std::fs::read_dir(&lock_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        generations.len(),
+        1,
+        "one generation left, the released one: {generations:?}"
     );
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lock_dir.join(&generations[0])).unwrap()).unwrap();
+    assert_eq!(last["state"], "free", "lock released after the backup");
 }
 
 /// RFC 3339 time `offset` seconds from now, via `date` (no chrono in the tests).

@@ -18,6 +18,8 @@ struct ListedBackup<'a> {
     snapshot_size: Option<u64>,
     static_resources_size: Option<u64>,
     platform_version: Option<&'a str>,
+    /// A manifest is there but cannot be read or used (garbled, forbidden, archived).
+    damaged: bool,
     problem: Option<&'a str>,
 }
 
@@ -34,6 +36,7 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
                 .and_then(|m| m.artifacts.static_resources.as_ref())
                 .map(|a| a.plaintext.size),
             platform_version: manifest.and_then(|m| m.platform_version.as_deref()),
+            damaged: entry.problem.is_some(),
             problem: entry.problem.as_deref(),
         }
     }
@@ -54,7 +57,7 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
     for b in &listed {
         let status = match (b.complete, b.problem) {
             (true, _) => "complete".to_string(),
-            (false, Some(problem)) => format!("incomplete: {problem}"),
+            (false, Some(problem)) => format!("DAMAGED: {problem}"),
             (false, None) => "incomplete (no manifest)".to_string(),
         };
         println!(

@@ -10,8 +10,8 @@ pub const STATIC_OBJECT: &str = "static_kuberesources.tar.zst.age";
 pub const MANIFEST_OBJECT: &str = "manifest.json";
 /// Claims an id while a backup is being written; removed after the commit.
 pub const IN_PROGRESS_OBJECT: &str = "in-progress.json";
-/// One per cluster: held while a backup runs so several hosts produce one backup.
-pub const LOCK_OBJECT: &str = "backup.lock";
+/// One per cluster: the backup lock's generations (`<cluster>/lock/<n>`), see [`super::lock`].
+pub const LOCK_DIR: &str = "lock";
 
 const ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
