@@ -74,7 +74,7 @@ use super::Targets;
 use crate::cli::PruneArgs;
 use crate::config::Config;
 use crate::retention::{BackupSummary, Decision, RetentionPolicy, Verdict, decide};
-use crate::store::catalog::{self, list_backups};
+use crate::store::catalog;
 use crate::store::layout::{IN_PROGRESS_OBJECT, MANIFEST_OBJECT, id_time};
 use crate::store::lock;
 use crate::store::repo::{self, DeleteError};
@@ -266,7 +266,12 @@ pub async fn apply(
 ) -> anyhow::Result<PruneReport> {
     let now = Utc::now();
     let cluster = config.cluster.as_str();
-    let entries = list_backups(&targets.snapshot, cluster).await?;
+    // One listing serves the catalog and the lock (prune reads nothing else to decide).
+    let listing = targets.snapshot.list(cluster).await?;
+    let mut entries = catalog::entries_from(listing.clone());
+    for entry in &mut entries {
+        catalog::load(&targets.snapshot, cluster, entry).await;
+    }
     let split = targets.split();
     let static_dirs = if split {
         catalog::group_by_id(targets.static_resources.list(cluster).await?)
@@ -349,7 +354,13 @@ pub async fn apply(
     );
     // A backup that is running right now (the lock is held) keeps its directory, however
     // long it has been quiet: its multipart parts are invisible until they complete.
-    let running = lock::holder(&targets.snapshot, cluster, config.targets.lock_stale_after).await?;
+    let running = lock::holder_in(
+        &targets.snapshot,
+        cluster,
+        &listing,
+        config.targets.lock_stale_after,
+    )
+    .await?;
     let mut leftovers = Vec::new();
     // Newest first, like everything else prune prints.
     for id in leftover_ids.into_iter().rev() {

@@ -72,8 +72,12 @@ pub fn group_by_id(objects: Vec<StoredObject>) -> BTreeMap<String, Vec<StoredObj
 /// Backup directories of `cluster` in `target`, newest first, from one listing and without
 /// reading any manifest; names that are not ids are skipped.
 pub async fn list_entries(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
-    let by_id = group_by_id(target.list(cluster).await?);
-    Ok(by_id
+    Ok(entries_from(target.list(cluster).await?))
+}
+
+/// Backup directories, newest first, in a listing of a cluster (manifests not read).
+pub fn entries_from(listing: Vec<StoredObject>) -> Vec<BackupEntry> {
+    group_by_id(listing)
         .into_iter()
         .rev()
         .map(|(id, objects)| BackupEntry {
@@ -82,7 +86,7 @@ pub async fn list_entries(target: &Target, cluster: &str) -> Result<Vec<BackupEn
             objects,
             problem: None,
         })
-        .collect())
+        .collect()
 }
 
 /// Backup directories of `cluster` in `target`, newest first, with their manifests read.

@@ -115,26 +115,30 @@ fn generation_key(cluster: &str, generation: u64) -> String {
     format!("{cluster}/{LOCK_DIR}/{generation:016}")
 }
 
-/// The lock's generations, lowest first.
-async fn generations(
-    target: &Target,
-    cluster: &str,
-) -> Result<Vec<(u64, StoredObject)>, StoreError> {
-    let mut found: Vec<(u64, StoredObject)> = target
-        .list(&format!("{cluster}/{LOCK_DIR}"))
-        .await?
-        .into_iter()
+/// The lock's generations among listed objects, lowest first.
+fn generations_in(listed: &[StoredObject], cluster: &str) -> Vec<(u64, StoredObject)> {
+    let mut found: Vec<(u64, StoredObject)> = listed
+        .iter()
         .filter_map(|o| {
             let name = o.key.rsplit('/').next()?;
             let generation = name
                 .bytes()
                 .all(|b| b.is_ascii_digit())
                 .then(|| name.parse::<u64>().ok())??;
-            (o.key == generation_key(cluster, generation)).then_some((generation, o))
+            (o.key == generation_key(cluster, generation)).then(|| (generation, o.clone()))
         })
         .collect();
     found.sort_by_key(|(generation, _)| *generation);
-    Ok(found)
+    found
+}
+
+/// The lock's generations, lowest first.
+async fn generations(
+    target: &Target,
+    cluster: &str,
+) -> Result<Vec<(u64, StoredObject)>, StoreError> {
+    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
+    Ok(generations_in(&listed, cluster))
 }
 
 /// A record, or why it is unusable (`Ok(Err(reason))`).
@@ -320,14 +324,27 @@ fn delta(d: Duration) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
 }
 
-/// Who holds the lock of `cluster` right now, if a live run does.
+/// Who holds the lock of `cluster` right now, if a live run does (commands use
+/// [`holder_in`] with the listing they already have).
+#[cfg(test)]
 pub async fn holder(
     target: &Target,
     cluster: &str,
     stale_after: Duration,
 ) -> Result<Option<String>, StoreError> {
+    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
+    holder_in(target, cluster, &listed, stale_after).await
+}
+
+/// [`holder`] from a listing the caller already has (of the cluster or of its lock).
+pub async fn holder_in(
+    target: &Target,
+    cluster: &str,
+    listed: &[StoredObject],
+    stale_after: Duration,
+) -> Result<Option<String>, StoreError> {
     let me = ProcessIdentity::current();
-    let known = generations(target, cluster).await?;
+    let known = generations_in(listed, cluster);
     let Some((_, object)) = known.last() else {
         return Ok(None);
     };
