@@ -918,7 +918,7 @@ fn config_check_connect_against_s3_and_azure() {
     );
     let out = run_ok(fx.cmd(&good).args(["config", "check", "--connect"]));
     assert!(
-        stdout_str(&out).contains("target s3://backups/etcd: ok (list, write, delete)"),
+        stdout_str(&out).contains("target s3://backups/etcd: ok (list, write, delete; a second create of one key is refused)"),
         "{}",
         describe_output(&out)
     );

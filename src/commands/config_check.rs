@@ -85,8 +85,29 @@ async fn probe(target: &Target, cluster: &str) -> anyhow::Result<()> {
     }
     deleted?;
     println!(
-        "target {}: ok (list, create-only write refused the second time, delete)",
+        "target {}: ok (list, write, delete; a second create of one key is refused)",
         target.url()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::FaultyStore;
+
+    #[tokio::test]
+    async fn a_store_that_ignores_create_only_is_refused_with_the_reason() {
+        let store = FaultyStore::new();
+        probe(&store.target("mem://t"), "c").await.unwrap();
+        assert!(store.keys().await.is_empty(), "the probe is removed");
+        store.ignore_create_only(true);
+        let err = probe(&store.target("mem://t"), "c").await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("ignores If-None-Match") && text.contains("Use another store"),
+            "{text}"
+        );
+        assert!(store.keys().await.is_empty(), "the probe is removed");
+    }
 }

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
 use crate::manifest::Manifest;
 use crate::pipeline::{FetchError, Identities, fetch};
-use crate::store::catalog::{BackupEntry, ManifestProblem, list_backups, read_manifest};
+use crate::store::catalog::{self, BackupEntry, ManifestProblem, list_backups, read_manifest};
 use crate::store::layout::MANIFEST_OBJECT;
 
 #[derive(Debug, Serialize)]
@@ -163,11 +163,7 @@ pub async fn select(
             Err(invalid @ ManifestProblem::Invalid { .. }) => Err(IntegrityError(invalid.to_string()).into()),
         },
         // The newest directory with a manifest: a broken one is reported, not skipped over.
-        None => match list_backups(&targets.snapshot, &config.cluster)
-            .await?
-            .into_iter()
-            .find(|e| e.manifest.is_some() || e.problem.is_some())
-        {
+        None => match newest_with_manifest(targets, &config.cluster).await? {
             Some(BackupEntry { manifest: Some(m), .. }) => Ok(m),
             Some(BackupEntry { id, problem, .. }) => Err(IntegrityError(format!(
                 "the newest backup {id} is not usable: {}; pass the id of another backup (see `etcd-offsite list`)",
@@ -177,6 +173,22 @@ pub async fn select(
             None => Err(anyhow!(UsageError(format!("no complete backup of cluster {} yet", config.cluster)))),
         },
     }
+}
+
+/// The newest directory with a manifest, read alone (older manifests are not read).
+async fn newest_with_manifest(
+    targets: &Targets,
+    cluster: &str,
+) -> anyhow::Result<Option<BackupEntry>> {
+    let entries = catalog::list_entries(&targets.snapshot, cluster).await?;
+    for mut entry in entries.into_iter().filter(BackupEntry::has_manifest) {
+        catalog::load(&targets.snapshot, cluster, &mut entry).await;
+        // A manifest deleted since the listing (a prune) leaves neither: look further.
+        if entry.manifest.is_some() || entry.problem.is_some() {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 async fn verify_backup(

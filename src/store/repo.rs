@@ -20,10 +20,15 @@ pub struct Targets {
 
 impl Targets {
     pub fn open(config: &Config) -> anyhow::Result<Self> {
-        let snapshot = Target::open(&config.targets.snapshot).context("snapshot target")?;
-        let split = !same_location(&config.targets.snapshot, &config.targets.static_resources);
+        Self::open_targets(&config.targets)
+    }
+
+    /// Opens the configured targets; one location (same URL and options) is opened once.
+    pub fn open_targets(config: &crate::config::Targets) -> anyhow::Result<Self> {
+        let snapshot = Target::open(&config.snapshot).context("snapshot target")?;
+        let split = !same_location(&config.snapshot, &config.static_resources);
         let static_resources = if split {
-            Target::open(&config.targets.static_resources).context("static resources target")?
+            Target::open(&config.static_resources).context("static resources target")?
         } else {
             snapshot.clone()
         };
@@ -278,6 +283,30 @@ mod tests {
 
     fn at() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 10, 46, 49).unwrap()
+    }
+
+    #[test]
+    fn one_url_with_other_options_is_another_location() {
+        let s3 = |endpoint: &str| crate::config::TargetConfig {
+            url: "s3://bucket/etcd".into(),
+            options: [
+                ("aws_region".to_string(), "eu-west-1".to_string()),
+                ("aws_endpoint".to_string(), endpoint.to_string()),
+            ]
+            .into(),
+        };
+        let targets = |a, b| crate::config::Targets {
+            snapshot: a,
+            static_resources: b,
+            lock_stale_after: std::time::Duration::from_secs(180),
+        };
+        let same = Targets::open_targets(&targets(s3("http://a:9000"), s3("http://a:9000")));
+        assert!(!same.unwrap().split());
+        let other = Targets::open_targets(&targets(s3("http://a:9000"), s3("http://b:9000")));
+        assert!(
+            other.unwrap().split(),
+            "same URL, another endpoint: two stores"
+        );
     }
 
     #[tokio::test]

@@ -42,6 +42,8 @@ struct State {
     faults: Vec<(Op, usize, Fault)>,
     /// Deletes answer success and remove nothing.
     keep_deleted: bool,
+    /// Create-only writes overwrite (a store or proxy that ignores If-None-Match).
+    ignore_create_only: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,6 +77,10 @@ impl FaultyStore {
 
     pub fn keep_deleted(&self, keep: bool) {
         self.state.lock().unwrap().keep_deleted = keep;
+    }
+
+    pub fn ignore_create_only(&self, ignore: bool) {
+        self.state.lock().unwrap().ignore_create_only = ignore;
     }
 
     /// Keys in the store, sorted.
@@ -121,8 +127,11 @@ impl ObjectStore for FaultyStore {
         &self,
         location: &Path,
         payload: PutPayload,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> Result<PutResult> {
+        if self.state.lock().unwrap().ignore_create_only {
+            opts.mode = object_store::PutMode::Overwrite;
+        }
         match self.hit(Op::Put) {
             None => self.inner.put_opts(location, payload, opts).await,
             Some(Fault::SucceedButFail) => {
