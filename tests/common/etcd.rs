@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -203,110 +202,111 @@ impl EtcdServer {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+    fn peer_url(peer_port: u16) -> String {
+        format!("http://127.0.0.1:{peer_port}")
     }
 
-    fn initial_cluster(&self) -> String {
-        format!("{}={}", self.name, self.peer_url())
+    fn initial_cluster(&self, peer_port: u16) -> String {
+        format!("{}={}", self.name, Self::peer_url(peer_port))
     }
 
     /// Starts etcd on `data_dir`; `new_ports` picks fresh ports (retrying on
     /// clashes); `restore` first restores a snapshot into the data dir.
     fn boot(&mut self, new_ports: bool, restore: Option<PathBuf>) {
         let log = self.dir.path().join("etcd.log");
-        for attempt in 1..=3 {
-            if new_ports {
-                self.client_port = free_port();
-                self.peer_port = free_port();
-            }
-            if let Some(snap) = &restore {
-                let _ = fs::remove_dir_all(&self.data_dir);
-                let mut c = Command::new("etcdctl");
-                c.env("ETCDCTL_API", "3")
-                    .arg("snapshot")
-                    .arg("restore")
-                    .arg(snap)
-                    .arg("--data-dir")
-                    .arg(&self.data_dir)
-                    .arg("--name")
-                    .arg(&self.name)
-                    .arg("--initial-cluster")
-                    .arg(self.initial_cluster())
-                    .arg("--initial-advertise-peer-urls")
-                    .arg(self.peer_url());
-                let out = run(&mut c);
-                if !out.status.success() {
-                    panic!(
-                        "etcdctl snapshot restore of {} failed:\n{}",
-                        snap.display(),
-                        describe_output(&out)
-                    );
+        let ports = std::cell::Cell::new((self.client_port, self.peer_port));
+        let this = &*self;
+        let (svc, _) = start_with_retry(
+            "etcd",
+            &log,
+            Duration::from_secs(20),
+            new_ports,
+            "etcd",
+            |attempt| {
+                if new_ports {
+                    ports.set((free_port(), free_port()));
                 }
-            }
-            let client_url = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
-            let mut cmd = Command::new("etcd");
-            cmd.arg("--name")
-                .arg(&self.name)
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .arg("--listen-client-urls")
-                .arg(&client_url)
-                .arg("--advertise-client-urls")
-                .arg(&client_url)
-                .arg("--listen-peer-urls")
-                .arg(self.peer_url())
-                .arg("--initial-advertise-peer-urls")
-                .arg(self.peer_url())
-                .arg("--initial-cluster")
-                .arg(self.initial_cluster())
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .args(ETCD_COMMON_FLAGS)
-                .args(&self.extra_args);
-            if let Some(t) = &self.tls {
-                cmd.arg("--cert-file")
-                    .arg(&t.server_cert)
-                    .arg("--key-file")
-                    .arg(&t.server_key)
-                    .arg("--trusted-ca-file")
-                    .arg(&t.ca)
-                    .arg("--client-cert-auth");
-            }
-            let _ = fs::write(&log, format!("=== etcd start (attempt {attempt}) ===\n"));
-            let mut svc = Service::spawn("etcd", cmd, &log);
-            let start = Instant::now();
-            loop {
-                if let Some(st) = svc.try_exited() {
-                    if new_ports && attempt < 3 && log_mentions_port_clash(&log) {
-                        break; // try again with other ports
-                    }
-                    svc.fail(&format!(
-                        "exited with code {} during startup",
-                        status_code(&st)
-                    ));
+                let (client, peer) = ports.get();
+                if let Some(snap) = &restore {
+                    this.restore_data_dir(snap, peer);
                 }
-                if port_open(self.client_port) && self.health_ok() {
-                    self.svc = Some(svc);
-                    return;
-                }
-                if start.elapsed() > Duration::from_secs(20) {
-                    svc.fail(&format!(
-                        "`etcdctl endpoint health` not healthy after 20 s at {}",
-                        self.endpoint()
-                    ));
-                }
-                sleep(Duration::from_millis(150));
-            }
-        }
-        panic!(
-            "etcd: could not start after 3 attempts (port clashes); log:\n{}",
-            tail(&log, 40)
+                let _ = fs::write(&log, format!("=== etcd start (attempt {attempt}) ===\n"));
+                (this.command(client, peer), client)
+            },
+            |client| port_open(client) && this.healthy_at(client),
         );
+        (self.client_port, self.peer_port) = ports.get();
+        self.svc = Some(svc);
     }
 
-    fn health_ok(&self) -> bool {
-        let mut c = self.etcdctl();
+    /// `etcdctl snapshot restore` of `snap` into a fresh data dir.
+    fn restore_data_dir(&self, snap: &Path, peer_port: u16) {
+        let _ = fs::remove_dir_all(&self.data_dir);
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snap)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster(peer_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(Self::peer_url(peer_port));
+        let out = run(&mut c);
+        if !out.status.success() {
+            panic!(
+                "etcdctl snapshot restore of {} failed:\n{}",
+                snap.display(),
+                describe_output(&out)
+            );
+        }
+    }
+
+    /// The etcd command line for these ports.
+    fn command(&self, client_port: u16, peer_port: u16) -> Command {
+        let client_url = format!("{}://127.0.0.1:{client_port}", self.scheme());
+        let peer_url = Self::peer_url(peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster(peer_port))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .args(ETCD_COMMON_FLAGS)
+            .args(&self.extra_args);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd
+    }
+
+    /// `etcdctl endpoint health` against the server on `client_port`.
+    fn healthy_at(&self, client_port: u16) -> bool {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(format!("{}://127.0.0.1:{client_port}", self.scheme()));
+        self.tls_args(&mut c);
         c.args([
             "endpoint",
             "health",

@@ -311,7 +311,51 @@ pub(crate) fn log_mentions_port_clash(log: &Path) -> bool {
     t.contains("address already in use") || t.contains("eaddrinuse")
 }
 
-/// Starts a support script that prints `READY <port>`; retries on port clashes.
+/// The one way services start: `spawn(attempt)` builds the command (choosing its port)
+/// and returns it with the port that `ready(port)` then polls, every 100 ms, until
+/// `timeout`. A process that exits during startup because its port was taken is started
+/// again (3 attempts when `fresh_ports`); any other early exit or a timeout panics with
+/// the log tail, naming `package` as what to install.
+pub fn start_with_retry(
+    name: &str,
+    log: &Path,
+    timeout: Duration,
+    fresh_ports: bool,
+    package: &str,
+    mut spawn: impl FnMut(u32) -> (Command, u16),
+    mut ready: impl FnMut(u16) -> bool,
+) -> (Service, u16) {
+    let attempts = if fresh_ports { 3 } else { 1 };
+    for attempt in 1..=attempts {
+        let (cmd, port) = spawn(attempt);
+        let mut svc = Service::spawn(name, cmd, log);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = svc.try_exited() {
+                if attempt < attempts && log_mentions_port_clash(log) {
+                    break;
+                }
+                svc.fail(&format!(
+                    "exited with code {} during startup (is {package} installed? run scripts/setup.sh)",
+                    status_code(&status)
+                ));
+            }
+            if ready(port) {
+                return (svc, port);
+            }
+            if start.elapsed() > timeout {
+                svc.fail(&format!("not ready after {timeout:?}"));
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+    panic!(
+        "{name}: could not start after {attempts} attempts (port clashes); log:\n{}",
+        tail(log, 40)
+    );
+}
+
+/// Starts a support script that prints `READY <port>` (a python3 script in tests/support).
 pub(crate) fn start_script(
     name: &str,
     dir: &Path,
@@ -319,66 +363,40 @@ pub(crate) fn start_script(
     make: impl Fn(u16) -> Command,
 ) -> (Service, u16) {
     let log = dir.join(log_name);
-    for attempt in 1..=3 {
-        let port = free_port();
-        let mut svc = Service::spawn(name, make(port), &log);
-        let needle = format!("READY {port}");
-        let start = Instant::now();
-        loop {
-            if svc.try_exited().is_some() {
-                if attempt < 3 && log_mentions_port_clash(&log) {
-                    break;
-                }
-                svc.fail("exited before printing READY");
-            }
-            if fs::read_to_string(&log)
-                .map(|s| s.contains(&needle))
-                .unwrap_or(false)
+    start_with_retry(
+        name,
+        &log,
+        Duration::from_secs(30),
+        true,
+        "python3",
+        |_| {
+            let port = free_port();
+            (make(port), port)
+        },
+        |port| {
+            fs::read_to_string(&log).is_ok_and(|s| s.contains(&format!("READY {port}")))
                 && port_open(port)
-            {
-                return (svc, port);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                svc.fail("did not print READY within 30 s");
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-    unreachable!()
+        },
+    )
 }
 
-/// Starts a server on a free port and waits until that port is open; retries on port
-/// clashes. `package` names what to install when it exits during startup.
+/// Starts a server on a free port and waits until that port is open.
 pub(crate) fn start_listener(
     name: &str,
     log: &Path,
     package: &str,
     make: impl Fn(u16) -> Command,
 ) -> (Service, u16) {
-    for attempt in 1..=3 {
-        let port = free_port();
-        let mut svc = Service::spawn(name, make(port), log);
-        let start = Instant::now();
-        loop {
-            if svc.try_exited().is_some() {
-                if attempt < 3 && log_mentions_port_clash(log) {
-                    break;
-                }
-                svc.fail(&format!(
-                    "exited during startup (is {package} installed? run scripts/setup.sh)"
-                ));
-            }
-            if port_open(port) {
-                return (svc, port);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                svc.fail("port not open after 30 s");
-            }
-            sleep(Duration::from_millis(100));
-        }
-    }
-    panic!(
-        "{name}: could not start after 3 attempts; log:\n{}",
-        tail(log, 40)
-    );
+    start_with_retry(
+        name,
+        log,
+        Duration::from_secs(30),
+        true,
+        package,
+        |_| {
+            let port = free_port();
+            (make(port), port)
+        },
+        port_open,
+    )
 }
