@@ -201,49 +201,7 @@ fn gcs_target_at(dir: &Path, base_url: &str, bucket: &str, prefix: &str) -> Stri
     )
 }
 
-/// Files below `root`, as `/`-separated relative paths.
-fn walk_files(root: &Path) -> BTreeSet<String> {
-    fn walk(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, root, out);
-                } else {
-                    out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-                }
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(root, root, &mut out);
-    out
-}
-
 // ------------------------------------------------------------------ small helpers
-
-fn last_line(out: &Output) -> String {
-    stdout_str(out)
-        .lines()
-        .last()
-        .expect("the command prints a last line")
-        .trim()
-        .to_string()
-}
-
-fn list_json(fx: &Fixture, config: &Path) -> Vec<serde_json::Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("list --json: {e}"))
-}
-
-/// Ids of complete backups, in `list` order.
-fn complete_ids(listed: &[serde_json::Value]) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|b| b["complete"] == true)
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// The objects a complete backup `id` consists of, as keys below the target.
 fn backup_objects(id: &str) -> BTreeSet<String> {
@@ -351,7 +309,7 @@ fn conformance(b: &Backend) {
     let snapshot = to.join(format!("snapshot_{ts}.db"));
     let archive = to.join(format!("static_kuberesources_{ts}.tar.gz"));
     assert_eq!(
-        walk_files(&to),
+        relative_files(&to),
         BTreeSet::from([
             format!("snapshot_{ts}.db"),
             format!("static_kuberesources_{ts}.tar.gz")
@@ -543,7 +501,7 @@ fn interrupted_backup(b: &Backend, fx: &Fixture, config: &Path) -> Output {
                 if child.try_wait().ok().flatten().is_some() {
                     return true;
                 }
-                staging = walk_files(root)
+                staging = relative_files(root)
                     .into_iter()
                     .find(|f| f.contains("snapshot.db.zst.age#"))
                     .map(|f| root.join(f))
@@ -574,7 +532,7 @@ fn conformance_file() {
     let backend = Backend {
         name: "file",
         target: format!("{{ url: \"file://{}\" }}", root.display()),
-        raw_keys: Box::new(|| walk_files(&root)),
+        raw_keys: Box::new(|| relative_files(&root)),
         raw_put: Box::new(|key, data| {
             let path = root.join(key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -149,12 +149,6 @@ fn a_dead_first_endpoint_fails_over_to_the_next() {
     );
 }
 
-/// Lists backups as JSON.
-fn list_json(fx: &Fixture, config: &Path) -> Vec<serde_json::Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
-}
-
 #[test]
 fn etcd_killed_mid_snapshot_leaves_no_manifest() {
     let mut etcd = EtcdServer::start(false);
@@ -191,9 +185,9 @@ fn etcd_killed_mid_snapshot_leaves_no_manifest() {
             .all(|b| b["complete"] == false)
     );
     // Only the released lock's last generation stays (the lock always keeps one).
-    let leftovers: Vec<_> = walk(&dir)
+    let leftovers: Vec<_> = files_below(&dir)
         .into_iter()
-        .filter(|p| p.is_file() && !p.starts_with(dir.join("test/lock")))
+        .filter(|p| !p.starts_with(dir.join("test/lock")))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -215,28 +209,6 @@ fn a_stalled_member_times_out_and_the_next_one_serves() {
     first.resume();
     assert_eq!(manifest["source"]["endpoint"], second.endpoint().as_str());
     assert_eq!(manifests_below(&dir).len(), 1);
-}
-
-/// Every `manifest.json` below `dir`.
-fn manifests_below(dir: &Path) -> Vec<PathBuf> {
-    walk(dir)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .collect()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Each bad config exits 2 and the message names the key (and the secret never shows).

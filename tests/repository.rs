@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,52 +11,6 @@ use std::time::{Duration, Instant};
 use common::fixture::{Fixture, s3_target};
 use common::*;
 use serde_json::Value;
-
-/// `list --json`.
-fn list_json(fx: &Fixture, config: &Path) -> Vec<Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("list --json: {e}\n{}", describe_output(&out)))
-}
-
-fn complete_ids(listed: &[Value]) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|b| b["complete"] == true)
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn last_line(out: &std::process::Output) -> String {
-    stdout_str(out)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Every file below `dir`, relative to it.
-fn files(dir: &Path) -> BTreeSet<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.insert(
-                    path.strip_prefix(root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 /// An etcd with about `mb` MB of data.
 fn etcd_with(mb: usize) -> EtcdServer {
@@ -150,7 +103,7 @@ fn kill_9_of_a_backup_then_an_immediate_backup_on_this_host_succeeds() {
     let mut child = spawn_backup(&fx, &slow, &[]);
     // Killed while the snapshot streams: the lock is held and the id claimed.
     let streaming = wait_until(Duration::from_secs(30), || {
-        files(&dir)
+        relative_files(&dir)
             .iter()
             .any(|f| f.contains("snapshot.db.zst.age"))
     });
@@ -159,13 +112,15 @@ fn kill_9_of_a_backup_then_an_immediate_backup_on_this_host_succeeds() {
         let out = child.wait_with_output().unwrap();
         panic!(
             "the snapshot did not start streaming: {:?}\n{}",
-            files(&dir),
+            relative_files(&dir),
             describe_output(&out)
         );
     }
     kill_9(&mut child);
     assert!(
-        files(&dir).iter().any(|f| f.starts_with("test/lock/")),
+        relative_files(&dir)
+            .iter()
+            .any(|f| f.starts_with("test/lock/")),
         "the dead run's lock is there"
     );
     assert!(complete_ids(&list_json(&fx, &fast)).is_empty());
@@ -197,10 +152,10 @@ fn kill_9_at_many_points_never_lists_a_partial_backup_nor_blocks_the_next() {
         "manifest.json",
     ];
     for trigger in triggers {
-        let before = files(&dir);
+        let before = relative_files(&dir);
         let mut child = spawn_backup(&fx, &slow, &[]);
         let seen = wait_until(Duration::from_secs(30), || {
-            files(&dir)
+            relative_files(&dir)
                 .difference(&before)
                 .any(|f| f.ends_with(trigger) || (trigger.ends_with('#') && f.contains(trigger)))
         });
@@ -297,7 +252,7 @@ fn prune_never_follows_a_symlink_out_of_a_file_target() {
     .unwrap();
     // A linked id directory with a staging-file-shaped name inside, for the sweep.
     std::fs::write(outside.join("snapshot.db.zst.age#1"), b"not yours").unwrap();
-    let outside_before = files(&outside);
+    let outside_before = relative_files(&outside);
     std::thread::sleep(Duration::from_millis(1500));
 
     let second = last_line(&run_ok(fx.cmd(&config).args(["backup", "--no-prune"])));
@@ -308,7 +263,7 @@ fn prune_never_follows_a_symlink_out_of_a_file_target() {
         describe_output(&out)
     );
     assert_eq!(
-        files(&outside),
+        relative_files(&outside),
         outside_before,
         "nothing outside the target touched"
     );

@@ -197,30 +197,6 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Every file below `dir`, recursively.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_below(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn manifests_below(dir: &Path) -> Vec<PathBuf> {
-    files_below(dir)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .collect()
-}
-
 /// XORs one byte of a file.
 fn flip_byte(path: &Path, offset: usize) {
     let mut data = read(path);

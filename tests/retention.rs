@@ -93,20 +93,9 @@ fn backups(fx: &Fixture, config: &Path, n: usize) -> Vec<String> {
     ids
 }
 
-/// `list --json`.
-fn list_json(fx: &Fixture, config: &Path) -> Vec<Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("list --json: {e}\n{}", describe_output(&out)))
-}
-
 /// Ids `list` shows as complete, newest first.
 fn complete_ids(fx: &Fixture, config: &Path) -> Vec<String> {
-    list_json(fx, config)
-        .iter()
-        .filter(|b| b["complete"] == true)
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
+    common::complete_ids(&list_json(fx, config))
 }
 
 /// `prune --json` with the expected exit code, parsed.
@@ -119,23 +108,7 @@ fn prune_json(fx: &Fixture, config: &Path, extra: &[&str], code: i32) -> Value {
 /// Every file below `dir`, as paths relative to it, except the lock's generations
 /// (`test/lock/<n>`: the released lock's last one always stays; tests/locking.rs checks them).
 fn files(dir: &Path) -> BTreeSet<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.insert(
-                    path.strip_prefix(root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
+    let mut out = relative_files(dir);
     out.retain(|k| !k.starts_with("test/lock/"));
     out
 }

@@ -108,3 +108,66 @@ pub fn write_pseudo_random(path: &Path, len: usize, seed: u64) {
         left -= buf.len();
     }
 }
+
+// ------------------------------------------------------------------ the tool's output and targets
+
+/// `list --json` of `config`, parsed.
+pub fn list_json(fx: &super::fixture::Fixture, config: &Path) -> Vec<serde_json::Value> {
+    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("list --json: {e}\n{}", describe_output(&out)))
+}
+
+/// Ids that a `list --json` output shows as complete, in its order (newest first).
+pub fn complete_ids(listed: &[serde_json::Value]) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|b| b["complete"] == true)
+        .map(|b| b["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
+/// The last line of stdout, trimmed: the id that `backup` prints.
+pub fn last_line(out: &std::process::Output) -> String {
+    stdout_str(out)
+        .lines()
+        .last()
+        .expect("the command prints a last line")
+        .trim()
+        .to_string()
+}
+
+/// Every regular file below `dir`, sorted; symbolic links are neither followed nor listed.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                out.extend(files_below(&entry.path()));
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// [`files_below`] as paths relative to `dir` (object keys of a file:// target).
+pub fn relative_files(dir: &Path) -> std::collections::BTreeSet<String> {
+    files_below(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Every `manifest.json` below `dir`.
+pub fn manifests_below(dir: &Path) -> Vec<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .collect()
+}
