@@ -317,6 +317,14 @@ fn damaged_old_manifests_are_listed_as_damaged_and_never_stop_backup_list_or_pru
     let mut hostile: Value = serde_json::from_slice(&read(&manifest(&ids[1]))).unwrap();
     hostile["artifacts"]["snapshot"]["key"] = "test/../../etc/shadow".into();
     std::fs::write(manifest(&ids[1]), hostile.to_string()).unwrap();
+    // Names that are not UTF-8 (another tool, a broken client) in the cluster directory
+    // and inside a backup directory: skipped, never a failed listing.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::create_dir_all(dir.join("test").join(odd)).unwrap();
+        std::fs::write(dir.join(format!("test/{}", ids[3])).join(odd), b"x").unwrap();
+    }
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
     if setpriv {
         // Everything belongs to nobody, who runs the tool; the manifest is mode 000.
@@ -434,6 +442,15 @@ fn an_archived_manifest_on_s3_is_damaged_not_fatal() {
 
     let listed = list_json(&fx, &config);
     assert_eq!(status_of(&listed, &ids[0])["damaged"], true, "{listed:?}");
+    // verify and restore of the archived one: an integrity failure (exit 3), not exit 1.
+    run_code(fx.cmd(&config).args(["verify", &ids[0]]), 3);
+    run_code(
+        fx.cmd(&config)
+            .args(["restore", &ids[0], "--to"])
+            .arg(fx.path("archived"))
+            .args(fx.identity_args()),
+        3,
+    );
     let newest = last_line(&run_ok(fx.cmd(&config).arg("backup")));
     run_ok(fx.cmd(&config).arg("prune"));
     assert!(

@@ -159,6 +159,14 @@ pub async fn select(
                 ))
                 .into())
             }
+            // The store refuses to hand it out (permissions, an archive tier): a damaged
+            // backup as far as this tool can tell, not a failure to reach the store.
+            Err(ManifestProblem::Store(e)) if e.kind == crate::store::StoreErrorKind::Denied => {
+                Err(IntegrityError(format!(
+                    "backup {id} is damaged: its manifest cannot be read ({e}); restore it from the archive tier or fix its permissions, or pick another backup (see `etcd-offsite list`)"
+                ))
+                .into())
+            }
             Err(ManifestProblem::Store(e)) => Err(e.into()),
             Err(invalid @ ManifestProblem::Invalid { .. }) => Err(IntegrityError(invalid.to_string()).into()),
         },
