@@ -159,9 +159,15 @@ pub async fn select(
                 ))
                 .into())
             }
-            // The store refuses to hand it out (permissions, an archive tier): a damaged
-            // backup as far as this tool can tell, not a failure to reach the store.
-            Err(ManifestProblem::Store(e)) if e.kind == crate::store::StoreErrorKind::Denied => {
+            // The store refuses to hand it out (permissions, S3 Glacier's 403, Azure's 409 for
+            // an archived blob): a damaged backup as far as this tool can tell, not a failure
+            // to reach the store.
+            Err(ManifestProblem::Store(e))
+                if matches!(
+                    e.kind,
+                    crate::store::StoreErrorKind::Denied | crate::store::StoreErrorKind::AlreadyExists
+                ) =>
+            {
                 Err(IntegrityError(format!(
                     "backup {id} is damaged: its manifest cannot be read ({e}); restore it from the archive tier or fix its permissions, or pick another backup (see `etcd-offsite list`)"
                 ))
