@@ -153,7 +153,12 @@ pub struct Targets {
     pub snapshot: TargetConfig,
     /// Defaults to the snapshot target.
     pub static_resources: TargetConfig,
+    /// A backup lock not renewed for this long belongs to a dead run and is broken.
+    pub lock_stale_after: Duration,
 }
+
+/// Default of `targets.lock_stale_after`: a live run renews its lock every third of it.
+pub const DEFAULT_LOCK_STALE_AFTER: Duration = Duration::from_secs(180);
 
 /// A storage URL and object_store options (validated keys; values may be secrets).
 #[derive(Clone, Deserialize)]
@@ -251,6 +256,8 @@ struct RawRecipients {
 struct RawTargets {
     snapshot: TargetConfig,
     static_resources: Option<TargetConfig>,
+    #[serde(default, with = "humantime_serde")]
+    lock_stale_after: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -419,6 +426,17 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         None => raw.targets.snapshot.clone(),
     };
 
+    let lock_stale_after = raw
+        .targets
+        .lock_stale_after
+        .unwrap_or(DEFAULT_LOCK_STALE_AFTER);
+    if lock_stale_after < Duration::from_secs(3) {
+        return Err(ConfigError::new(
+            "targets.lock_stale_after",
+            "must be at least 3s: a live run renews its lock every third of it; the default is 3m",
+        ));
+    }
+
     if let Some(policy) = &raw.retention {
         if policy.is_empty() {
             return Err(ConfigError::new(
@@ -469,6 +487,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         targets: Targets {
             snapshot: raw.targets.snapshot,
             static_resources: static_target,
+            lock_stale_after,
         },
         retention: raw.retention,
         schedule,
@@ -1192,8 +1211,11 @@ mod tests {
         for dir in ["examples", "config"] {
             for entry in std::fs::read_dir(root.join(dir)).unwrap() {
                 let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "yaml") {
+                    continue;
+                }
                 let text = std::fs::read_to_string(&path).unwrap();
-                if path.extension().is_some_and(|e| e == "yaml") && text.contains("\nversion: 1") {
+                if text.contains("\nversion: 1") {
                     parse(&text, Purpose::ReadBackups)
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                     assert!(

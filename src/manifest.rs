@@ -168,6 +168,69 @@ impl Manifest {
     }
 }
 
+/// Largest artifact size a manifest may claim (16 TiB): anything larger is not real.
+const MAX_ARTIFACT_SIZE: u64 = 16 << 40;
+
+/// Checks on a manifest read from a store: it is untrusted until every field a reader
+/// uses is known to be well-formed.
+impl Manifest {
+    /// Ok when this manifest describes backup `cluster`/`id` and every field used by
+    /// readers (object keys, sizes, the timestamp in restored file names) is well-formed.
+    pub fn validate(&self, cluster: &str, id: &str) -> Result<(), String> {
+        use crate::store::layout::{SNAPSHOT_OBJECT, STATIC_OBJECT, id_time};
+        if self.id != id || self.cluster != cluster {
+            return Err(format!(
+                "it describes backup {}/{}, not {cluster}/{id}",
+                self.cluster.escape_debug(),
+                self.id.escape_debug()
+            ));
+        }
+        if id_time(&self.id).is_none() {
+            return Err(format!("id {:?} is not a backup id", self.id));
+        }
+        let expect = |name: &str, artifact: &Artifact, object: &str| {
+            let key = format!("{cluster}/{id}/{object}");
+            if artifact.key != key {
+                return Err(format!(
+                    "artifacts.{name}.key is {:?}, not {key:?}",
+                    artifact.key
+                ));
+            }
+            for (what, digest) in [
+                ("plaintext", &artifact.plaintext),
+                ("stored", &artifact.stored),
+            ] {
+                if digest.size > MAX_ARTIFACT_SIZE {
+                    return Err(format!(
+                        "artifacts.{name}.{what}.size {} is not a real size",
+                        digest.size
+                    ));
+                }
+            }
+            Ok(())
+        };
+        expect("snapshot", &self.artifacts.snapshot, SNAPSHOT_OBJECT)?;
+        if let Some(artifact) = &self.artifacts.static_resources {
+            expect("static_resources", artifact, STATIC_OBJECT)?;
+        }
+        if let SourceInfo::BackupDir { timestamp, .. } = &self.source
+            && !timestamp.is_empty()
+            && !is_backup_timestamp(timestamp)
+        {
+            return Err(format!(
+                "source.backup_dir.timestamp {:?} is not cluster-backup.sh's YYYY-MM-DD_HHMMSS",
+                timestamp
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD_HHMMSS` (the dirty mark is the manifest's `dirty`, not part of it).
+fn is_backup_timestamp(text: &str) -> bool {
+    crate::store::layout::parse_restore_timestamp(text).is_some()
+}
+
 mod hex_digest {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
@@ -180,5 +243,89 @@ mod hex_digest {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&text, &mut out).map_err(D::Error::custom)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let digest = Digest {
+            size: 10,
+            sha256: [0; 32],
+        };
+        let artifact = |key: &str| Artifact {
+            target: "file:///t".into(),
+            key: key.into(),
+            plaintext: digest,
+            stored: digest,
+            compression: CompressionInfo {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            encryption: EncryptionInfo {
+                algorithm: "age".into(),
+                recipients: vec![],
+            },
+        };
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id: "20261123T104649Z".into(),
+            cluster: "c".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            tool_version: "0".into(),
+            host: "h".into(),
+            source: SourceInfo::BackupDir {
+                timestamp: "2026-11-23_104649".into(),
+                snapshot_file: "s".into(),
+                static_file: "t".into(),
+            },
+            platform_version: None,
+            upgrade: None,
+            dirty: true,
+            dirty_reasons: vec!["cluster-backup.sh --force".into()],
+            labels: BTreeMap::new(),
+            content: None,
+            artifacts: Artifacts {
+                snapshot: artifact("c/20261123T104649Z/snapshot.db.zst.age"),
+                static_resources: Some(artifact(
+                    "c/20261123T104649Z/static_kuberesources.tar.zst.age",
+                )),
+            },
+        }
+    }
+
+    #[test]
+    fn untrusted_fields_are_checked() {
+        let good = manifest();
+        good.validate("c", "20261123T104649Z").unwrap();
+        assert!(good.validate("c", "20261123T104650Z").is_err());
+        assert!(good.validate("d", "20261123T104649Z").is_err());
+        let mut m = good.clone();
+        m.artifacts.snapshot.key = "c/20261123T104649Z/../../etc/passwd".into();
+        assert!(
+            m.validate("c", "20261123T104649Z")
+                .unwrap_err()
+                .contains("artifacts.snapshot.key")
+        );
+        let mut m = good.clone();
+        m.artifacts.static_resources.as_mut().unwrap().stored.size = u64::MAX;
+        assert!(m.validate("c", "20261123T104649Z").is_err());
+        for bad in [
+            "../../x",
+            "2026-11-23_104649/..",
+            "2026-13-23_104649",
+            "2026-11-23_104649__X__",
+        ] {
+            let mut m = good.clone();
+            m.source = SourceInfo::BackupDir {
+                timestamp: bad.into(),
+                snapshot_file: "s".into(),
+                static_file: "t".into(),
+            };
+            assert!(m.validate("c", "20261123T104649Z").is_err(), "{bad}");
+        }
     }
 }

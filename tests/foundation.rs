@@ -149,12 +149,6 @@ fn a_dead_first_endpoint_fails_over_to_the_next() {
     );
 }
 
-/// Lists backups as JSON.
-fn list_json(fx: &Fixture, config: &Path) -> Vec<serde_json::Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
-}
-
 #[test]
 fn etcd_killed_mid_snapshot_leaves_no_manifest() {
     let mut etcd = EtcdServer::start(false);
@@ -190,7 +184,11 @@ fn etcd_killed_mid_snapshot_leaves_no_manifest() {
             .iter()
             .all(|b| b["complete"] == false)
     );
-    let leftovers: Vec<_> = walk(&dir).into_iter().filter(|p| p.is_file()).collect();
+    // Only the released lock's last generation stays (the lock always keeps one).
+    let leftovers: Vec<_> = files_below(&dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(dir.join("test/lock")))
+        .collect();
     assert!(
         leftovers.is_empty(),
         "the failed run cleaned up after itself: {leftovers:?}"
@@ -211,28 +209,6 @@ fn a_stalled_member_times_out_and_the_next_one_serves() {
     first.resume();
     assert_eq!(manifest["source"]["endpoint"], second.endpoint().as_str());
     assert_eq!(manifests_below(&dir).len(), 1);
-}
-
-/// Every `manifest.json` below `dir`.
-fn manifests_below(dir: &Path) -> Vec<PathBuf> {
-    walk(dir)
-        .into_iter()
-        .filter(|p| p.ends_with("manifest.json"))
-        .collect()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Each bad config exits 2 and the message names the key (and the secret never shows).
@@ -346,7 +322,10 @@ fn config_check_connect_reaches_etcd_and_the_target() {
         text.contains(&format!("etcd {}: ok", etcd.endpoint())),
         "{text}"
     );
-    assert!(text.contains("(list, write, delete)"), "{text}");
+    assert!(
+        text.contains("(list, write, delete; a second create of one key is refused)"),
+        "{text}"
+    );
     // A target directory that is not there (an unmounted NFS share) is a runtime failure.
     let missing = fx.write_config(
         "missing.yaml",
@@ -364,25 +343,37 @@ fn a_second_host_is_refused_while_the_lock_is_held() {
     etcd.load(50, 100);
     let fx = Fixture::new();
     let (dir, config) = fx.dir_config(&etcd, "");
-    std::fs::create_dir_all(dir.join("test")).unwrap();
-    // master-1's lock, acquired and expiring at these offsets (seconds) from now.
-    let write_lock = |acquired: i64, expires: i64| {
+    let lock_dir = dir.join("test/lock");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    // master-1 holds generation 5 of the lock, last renewed `age` ago.
+    let write_lock = |age: &str| {
         let lock = serde_json::json!({
-            "host": "master-1", "pid": 1,
-            "acquired_at": chrono_now(acquired), "expires_at": chrono_now(expires),
+            "state": "held", "host": "master-1", "pid": 1, "token": 1,
+            "acquired_at": chrono_now(-60), "written_at": chrono_now(-60),
+            "stale_after_secs": 180,
         });
-        std::fs::write(dir.join("test/backup.lock"), lock.to_string()).unwrap();
+        let path = lock_dir.join("0000000000000005");
+        std::fs::write(&path, lock.to_string()).unwrap();
+        run_ok(Command::new("touch").arg("-d").arg(age).arg(&path));
     };
-    write_lock(0, 3600);
+    write_lock("10 seconds ago");
     let out = run_code(fx.cmd(&config).arg("backup"), 4);
     assert_stderr_has(&out, "held by master-1");
-    // An expired lock (a crashed run) is broken and the backup goes ahead.
-    write_lock(-7200, -60);
+    // Not renewed for longer than lock_stale_after (3 min): its run is dead; broken.
+    write_lock("5 minutes ago");
     run_ok(fx.cmd(&config).arg("backup"));
-    assert!(
-        !dir.join("test/backup.lock").exists(),
-        "lock released after the backup"
+    let generations: Vec<String> = std::fs::read_dir(&lock_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        generations.len(),
+        1,
+        "one generation left, the released one: {generations:?}"
     );
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lock_dir.join(&generations[0])).unwrap()).unwrap();
+    assert_eq!(last["state"], "free", "lock released after the backup");
 }
 
 /// RFC 3339 time `offset` seconds from now, via `date` (no chrono in the tests).

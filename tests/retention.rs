@@ -93,20 +93,9 @@ fn backups(fx: &Fixture, config: &Path, n: usize) -> Vec<String> {
     ids
 }
 
-/// `list --json`.
-fn list_json(fx: &Fixture, config: &Path) -> Vec<Value> {
-    let out = run_ok(fx.cmd(config).args(["list", "--json"]));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("list --json: {e}\n{}", describe_output(&out)))
-}
-
 /// Ids `list` shows as complete, newest first.
 fn complete_ids(fx: &Fixture, config: &Path) -> Vec<String> {
-    list_json(fx, config)
-        .iter()
-        .filter(|b| b["complete"] == true)
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect()
+    common::complete_ids(&list_json(fx, config))
 }
 
 /// `prune --json` with the expected exit code, parsed.
@@ -116,34 +105,20 @@ fn prune_json(fx: &Fixture, config: &Path, extra: &[&str], code: i32) -> Value {
         .unwrap_or_else(|e| panic!("prune --json: {e}\n{}", describe_output(&out)))
 }
 
-/// Every file below `dir`, as paths relative to it.
+/// Every file below `dir`, as paths relative to it, except the lock's generations
+/// (`test/lock/<n>`: the released lock's last one always stays; tests/locking.rs checks them).
 fn files(dir: &Path) -> BTreeSet<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.insert(
-                    path.strip_prefix(root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
+    let mut out = relative_files(dir);
+    out.retain(|k| !k.starts_with("test/lock/"));
     out
 }
 
-/// Names of the directories in `dir`.
+/// Names of the directories in `dir` (the lock's directory aside).
 fn subdirs(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name() != "lock")
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
@@ -382,18 +357,25 @@ fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_perio
     let (snap_dir, keys_dir, targets) = split_targets(&fx);
     // keep_last is generous: only the incomplete directories are prune's business here.
     let (default_grace, short_grace) = grace_configs(&fx, &etcd, &targets, 10);
-    let ids = backups(&fx, &default_grace, 4);
-    // What an interrupted prune leaves: after the first delete (the snapshot-side manifest)…
+    let ids = backups(&fx, &default_grace, 5);
+    // What an interrupted prune leaves (it deletes the snapshot-side manifest, the
+    // manifest copy, the keys archive, the snapshot): after the first delete…
     let first_step = &ids[1];
     std::fs::remove_file(snap_dir.join("test").join(first_step).join("manifest.json")).unwrap();
-    // …and after the snapshot side is gone, with only the keys side left.
-    let snapshot_gone = &ids[2];
-    std::fs::remove_dir_all(snap_dir.join("test").join(snapshot_gone)).unwrap();
-    let whole: Vec<String> = vec![ids[3].clone(), ids[0].clone()];
+    // …and after the manifest copy too.
+    let copy_gone = &ids[2];
+    std::fs::remove_file(snap_dir.join("test").join(copy_gone).join("manifest.json")).unwrap();
+    std::fs::remove_file(keys_dir.join("test").join(copy_gone).join("manifest.json")).unwrap();
+    // A keys half with its manifest copy whose snapshot half is not in this snapshot
+    // target (removed by hand, or this config points elsewhere): never prune's to remove.
+    let other_half = &ids[3];
+    std::fs::remove_dir_all(snap_dir.join("test").join(other_half)).unwrap();
+    let whole: Vec<String> = vec![ids[4].clone(), ids[0].clone()];
+    let leftovers_ids = [first_step, copy_gone];
 
     for entry in list_json(&fx, &default_grace) {
         let id = entry["id"].as_str().unwrap();
-        if id == first_step {
+        if leftovers_ids.iter().any(|l| *l == id) {
             assert_eq!(entry["complete"], false, "{entry}");
         } else {
             assert!(whole.iter().any(|w| w == id), "unexpected entry {entry}");
@@ -407,7 +389,9 @@ fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_perio
         assert!(text.lines().any(|l| l == format!("{id} OK")), "{text}");
     }
     assert!(
-        !mentions(&text, first_step) && !mentions(&text, snapshot_gone),
+        [first_step, copy_gone, other_half]
+            .iter()
+            .all(|id| !mentions(&text, id)),
         "verify --all ignores directories without a manifest:\n{text}"
     );
 
@@ -416,39 +400,49 @@ fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_perio
     let keys_before = files(&keys_dir);
     let out = run_ok(fx.cmd(&default_grace).arg("prune"));
     let text = stdout_str(&out);
-    for id in [first_step, snapshot_gone] {
+    for id in leftovers_ids {
         let line = line_about(&text, id);
         assert!(line.starts_with("incomplete "), "{line}");
         assert!(line.contains("left alone until"), "{line}");
     }
+    let line = line_about(&text, other_half);
+    assert!(
+        line.starts_with("unusable ") && line.contains("keys half"),
+        "{line}"
+    );
     assert_eq!(files(&snap_dir), snap_before);
     assert_eq!(files(&keys_dir), keys_before);
 
-    // A short grace period that has passed: both leftovers go, on both targets.
+    // A short grace period that has passed: both leftovers go, on both targets; the
+    // other half stays.
     std::thread::sleep(Duration::from_secs(2));
     let report = prune_json(&fx, &short_grace, &["--dry-run"], 0);
     let leftovers = report["leftovers"].as_array().unwrap();
-    assert_eq!(leftovers.len(), 2, "{report}");
-    assert!(
-        leftovers.iter().all(|l| l["action"] == "would_remove"),
-        "{report}"
-    );
+    assert_eq!(leftovers.len(), 3, "{report}");
+    let action_of = |report: &Value, id: &str| -> String {
+        report["leftovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id)
+            .map(|l| l["action"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    for id in leftovers_ids {
+        assert_eq!(action_of(&report, id), "would_remove", "{report}");
+    }
+    assert_eq!(action_of(&report, other_half), "kept", "{report}");
     assert_eq!(
         files(&snap_dir),
         snap_before,
         "--dry-run removes no leftover"
     );
     let report = prune_json(&fx, &short_grace, &[], 0);
+    for id in leftovers_ids {
+        assert_eq!(action_of(&report, id), "removed", "{report}");
+    }
+    assert_eq!(action_of(&report, other_half), "kept", "{report}");
     let leftovers = report["leftovers"].as_array().unwrap();
-    let removed: BTreeSet<&str> = leftovers
-        .iter()
-        .inspect(|l| assert_eq!(l["action"], "removed", "{l}"))
-        .map(|l| l["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        removed,
-        BTreeSet::from([first_step.as_str(), snapshot_gone.as_str()])
-    );
     let first_step_leftover = leftovers
         .iter()
         .find(|l| l["id"] == first_step.as_str())
@@ -471,11 +465,13 @@ fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_perio
             &["manifest.json", "snapshot.db.zst.age"]
         )
     );
+    let mut keys_left = whole_refs.clone();
+    keys_left.push(other_half);
     assert_eq!(
         files(&keys_dir),
         backup_keys(
             "test/",
-            &whole_refs,
+            &keys_left,
             &["manifest.json", "static_kuberesources.tar.zst.age"]
         )
     );
@@ -724,6 +720,7 @@ fn s3_prune_follows_the_policy_and_collects_half_deleted_backups() {
     let keys = || {
         moto.list_keys("etcd", "offsite/")
             .into_iter()
+            .filter(|k| !k.starts_with("offsite/test/lock/"))
             .collect::<BTreeSet<_>>()
     };
     let all: Vec<&String> = ids.iter().collect();
@@ -909,7 +906,11 @@ fn s3_access_denied_on_delete_leaves_that_backup_whole() {
     assert!(line_about(&text, &ids[0]).starts_with("deleted "), "{text}");
     assert!(line_about(&text, &ids[2]).starts_with("keep "), "{text}");
 
-    let keys: BTreeSet<String> = moto.list_keys("etcd", "offsite/").into_iter().collect();
+    let keys: BTreeSet<String> = moto
+        .list_keys("etcd", "offsite/")
+        .into_iter()
+        .filter(|k| !k.starts_with("offsite/test/lock/"))
+        .collect();
     assert_eq!(
         keys,
         backup_keys("offsite/test/", &[&ids[2], locked_id], &ARTIFACTS),

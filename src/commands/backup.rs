@@ -17,10 +17,10 @@ use crate::source::backup_dir::{self, BackupDirPair};
 use crate::source::content::ContentFacts;
 use crate::source::etcd::{ClusterFacts, EtcdMember};
 use crate::source::static_resources;
-use crate::store::catalog::list_backups;
-use crate::store::layout::{
-    IN_PROGRESS_OBJECT, MANIFEST_OBJECT, SNAPSHOT_OBJECT, STATIC_OBJECT, backup_id,
-};
+use crate::store::catalog;
+use crate::store::layout::{IN_PROGRESS_OBJECT, MANIFEST_OBJECT, SNAPSHOT_OBJECT, STATIC_OBJECT};
+use crate::store::lock::BackupLock;
+use crate::store::repo::{CommitError, claim_id, commit};
 use crate::store::{Target, lock};
 use crate::telemetry;
 
@@ -56,9 +56,14 @@ pub async fn execute(
     force: bool,
     not_before: Option<chrono::DateTime<Utc>>,
 ) -> anyhow::Result<Manifest> {
-    let lock = lock::acquire(&targets.snapshot, &config.cluster).await?;
+    let lock = lock::acquire(
+        &targets.snapshot,
+        &config.cluster,
+        config.targets.lock_stale_after,
+    )
+    .await?;
     let result = match already_taken(config, targets, not_before).await {
-        Ok(()) => take_backup(config, targets, force).await,
+        Ok(()) => take_backup(config, targets, force, &lock).await,
         Err(e) => Err(e),
     };
     lock.release().await;
@@ -72,10 +77,8 @@ async fn already_taken(
     targets: &Targets,
     not_before: Option<chrono::DateTime<Utc>>,
 ) -> anyhow::Result<()> {
-    let newest = list_backups(&targets.snapshot, &config.cluster)
-        .await?
-        .into_iter()
-        .find_map(|e| e.manifest);
+    // Only the newest manifest matters; an unreadable one does not stop a backup.
+    let newest = catalog::newest_manifest(&targets.snapshot, &config.cluster).await?;
     let Some(newest) = newest else {
         return Ok(());
     };
@@ -141,7 +144,12 @@ enum Prepared {
     },
 }
 
-async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow::Result<Manifest> {
+async fn take_backup(
+    config: &Config,
+    targets: &Targets,
+    force: bool,
+    lock: &BackupLock,
+) -> anyhow::Result<Manifest> {
     let mut dirty_reasons = Vec::new();
     let prepared = match &config.source {
         SnapshotSource::Etcd(etcd) => {
@@ -189,16 +197,12 @@ async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow:
         &targets.snapshot,
         format!("{}/{id}/{IN_PROGRESS_OBJECT}", config.cluster),
     )];
-    let result = write_backup(
-        config,
-        targets,
-        &id,
+    let run = ThisRun {
+        id: &id,
         started_at,
-        prepared,
-        dirty_reasons,
-        &mut written,
-    )
-    .await;
+        lock,
+    };
+    let result = write_backup(config, targets, run, prepared, dirty_reasons, &mut written).await;
     // The marker goes either way; on failure so does everything this run wrote.
     let cleanup: &[(&Target, String)] = match &result {
         Ok(_) => &written[..1],
@@ -212,15 +216,26 @@ async fn take_backup(config: &Config, targets: &Targets, force: bool) -> anyhow:
     result
 }
 
+/// The backup this run writes: its claimed id, start time and the lock it holds.
+struct ThisRun<'a> {
+    id: &'a str,
+    started_at: chrono::DateTime<Utc>,
+    lock: &'a BackupLock,
+}
+
 async fn write_backup<'t>(
     config: &Config,
     targets: &'t Targets,
-    id: &str,
-    started_at: chrono::DateTime<Utc>,
+    run: ThisRun<'_>,
     prepared: Prepared,
     dirty_reasons: Vec<String>,
     written: &mut Vec<(&'t Target, String)>,
 ) -> anyhow::Result<Manifest> {
+    let ThisRun {
+        id,
+        started_at,
+        lock,
+    } = run;
     let cluster = &config.cluster;
     let static_key = format!("{cluster}/{id}/{STATIC_OBJECT}");
     let snapshot_key = format!("{cluster}/{id}/{SNAPSHOT_OBJECT}");
@@ -336,6 +351,8 @@ async fn write_backup<'t>(
             .await
             .map_err(CommitError::into_inner)?;
     }
+    // A run whose lock was taken over (it could not renew in time) must not commit.
+    lock.ensure_held().await?;
     if manifest.artifacts.static_resources.is_some() && targets.split() {
         // Before the commit, an unclear outcome is simply a failure: cleanup removes the copy.
         written.push((&targets.static_resources, manifest_key.clone()));
@@ -364,42 +381,6 @@ async fn write_backup<'t>(
         "backup complete"
     );
     Ok(manifest)
-}
-
-enum CommitError {
-    /// Another run's manifest is there.
-    Taken(anyhow::Error),
-    /// The write failed or was retried, and the stored state could not be read back.
-    Unknown(anyhow::Error),
-}
-
-impl CommitError {
-    fn into_inner(self) -> anyhow::Error {
-        match self {
-            Self::Taken(e) | Self::Unknown(e) => e,
-        }
-    }
-}
-
-/// Writes a manifest create-only. When the outcome is unclear (an error after the request
-/// was sent, or "exists" after a retried request), the stored manifest is read back and an
-/// identical one counts as written.
-async fn commit(target: &Target, key: &str, body: Bytes) -> Result<(), CommitError> {
-    let written = target.create(key, body.clone()).await;
-    if matches!(written, Ok(true)) {
-        return Ok(());
-    }
-    let location = format!("{}/{key}", target.url());
-    match target.read(key).await {
-        Ok(stored) if stored == body => Ok(()),
-        Ok(_) => Err(CommitError::Taken(anyhow!(
-            "{location} already exists: another run wrote this backup id; nothing was overwritten"
-        ))),
-        Err(read) => Err(CommitError::Unknown(match written {
-            Err(e) => anyhow::Error::from(e),
-            _ => anyhow::Error::from(read),
-        })),
-    }
 }
 
 async fn ship_static<F>(
@@ -556,28 +537,4 @@ fn guard_fresh_cluster(facts: &ClusterFacts, force: bool) -> anyhow::Result<()> 
         .into());
     }
     Ok(())
-}
-
-/// Claims the id for `started_at` (with a suffix when that second is taken) via a create-only marker.
-async fn claim_id(
-    target: &Target,
-    cluster: &str,
-    started_at: chrono::DateTime<Utc>,
-) -> anyhow::Result<String> {
-    let marker = serde_json::json!({
-        "host": lock::hostname(),
-        "pid": std::process::id(),
-        "started_at": started_at,
-    });
-    for attempt in 0..100 {
-        let id = backup_id(started_at, attempt);
-        let key = format!("{cluster}/{id}/{IN_PROGRESS_OBJECT}");
-        let exists = !target.list(&format!("{cluster}/{id}")).await?.is_empty();
-        if !exists && target.create(&key, Bytes::from(marker.to_string())).await? {
-            return Ok(id);
-        }
-    }
-    Err(anyhow!(
-        "could not claim a backup id for {started_at}: 100 backups in one second?"
-    ))
 }

@@ -26,6 +26,8 @@ struct ListedBackup<'a> {
     dirty: bool,
     /// The newest drill of this backup.
     drill: Option<DrillSummary>,
+    /// A manifest is there but cannot be read or used (garbled, forbidden, archived).
+    damaged: bool,
     problem: Option<&'a str>,
     /// With `signing.allowed_signers`: whether a listed key signed this manifest.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +53,7 @@ impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
             upgrade: manifest.and_then(|m| m.upgrade.as_ref()),
             dirty: manifest.is_some_and(|m| m.dirty),
             drill: None,
+            damaged: entry.problem.is_some(),
             problem: entry.problem.as_deref(),
             trusted: None,
             untrusted_because: None,
@@ -110,7 +113,7 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
                 }
                 status
             }
-            (false, Some(problem)) => format!("incomplete: {problem}"),
+            (false, Some(problem)) => format!("DAMAGED: {problem}"),
             (false, None) => "incomplete (no manifest)".to_string(),
         };
         let drill = match &b.drill {

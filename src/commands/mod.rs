@@ -10,11 +10,10 @@ mod run;
 mod status;
 mod verify;
 
-use anyhow::Context;
-
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{self, Config, Purpose};
 use crate::store::Target;
+pub use crate::store::repo::Targets;
 
 /// Loads the config and runs the chosen command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -100,43 +99,6 @@ async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
         Command::Drill(args) => drill::run(config, args).await,
         Command::Config(ConfigCommand::Check { connect }) => {
             config_check::run(config, &cli.config, *connect).await
-        }
-    }
-}
-
-/// The snapshot target and the static resources target (often the same store).
-pub struct Targets {
-    pub snapshot: Target,
-    pub static_resources: Target,
-}
-
-impl Targets {
-    pub fn open(config: &Config) -> anyhow::Result<Self> {
-        let snapshot = Target::open(&config.targets.snapshot).context("snapshot target")?;
-        let static_resources = if config.targets.static_resources.url == config.targets.snapshot.url
-            && config.targets.static_resources.options == config.targets.snapshot.options
-        {
-            snapshot.clone()
-        } else {
-            Target::open(&config.targets.static_resources).context("static resources target")?
-        };
-        Ok(Self {
-            snapshot,
-            static_resources,
-        })
-    }
-
-    /// The keys archive lives in another location than the snapshot (so a manifest copy goes there too).
-    pub fn split(&self) -> bool {
-        self.static_resources.url() != self.snapshot.url()
-    }
-
-    /// The target that holds an artifact of a manifest.
-    pub fn for_artifact(&self, name: &str) -> &Target {
-        if name == "snapshot" {
-            &self.snapshot
-        } else {
-            &self.static_resources
         }
     }
 }

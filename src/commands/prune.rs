@@ -74,10 +74,11 @@ use super::Targets;
 use crate::cli::PruneArgs;
 use crate::config::Config;
 use crate::retention::{BackupSummary, Decision, RetentionPolicy, Verdict, decide};
-use crate::store::catalog::{self, list_backups};
+use crate::store::catalog;
 use crate::store::layout::{IN_PROGRESS_OBJECT, MANIFEST_OBJECT, id_time};
 use crate::store::lock;
-use crate::store::{StoreError, StoreErrorKind, StoredObject, Target};
+use crate::store::repo::{self, DeleteError};
+use crate::store::{StoredObject, Target};
 
 /// What prune did (or would do). Serialized as documented in the module docs.
 #[derive(Debug, Serialize)]
@@ -142,7 +143,8 @@ pub struct DeleteFailure {
     pub id: String,
     /// The object whose delete failed (target URL without credentials, plus key).
     pub key: String,
-    /// `denied` (permissions, object lock, retention, immutability) or `failed`.
+    /// `denied` (the store refused: permissions, object lock, immutability), `retained`
+    /// (the store answered the delete but keeps the object) or `failed`.
     pub kind: &'static str,
     pub reason: String,
     /// True when nothing of the backup was deleted; false when its manifest already was.
@@ -264,7 +266,12 @@ pub async fn apply(
 ) -> anyhow::Result<PruneReport> {
     let now = Utc::now();
     let cluster = config.cluster.as_str();
-    let entries = list_backups(&targets.snapshot, cluster).await?;
+    // One listing serves the catalog and the lock (prune reads nothing else to decide).
+    let listing = targets.snapshot.list(cluster).await?;
+    let mut entries = catalog::entries_from(listing.clone());
+    for entry in &mut entries {
+        catalog::load(&targets.snapshot, cluster, entry).await;
+    }
     let split = targets.split();
     let static_dirs = if split {
         catalog::group_by_id(targets.static_resources.list(cluster).await?)
@@ -301,11 +308,10 @@ pub async fn apply(
                 .iter()
                 .find(|e| e.id == decision.id)
                 .expect("decisions are made about listed entries");
-            let sides = [
-                (&targets.snapshot, entry.objects.as_slice()),
-                (&targets.static_resources, static_objects(&entry.id)),
-            ];
-            match delete_dir(&entry.id, &sides).await {
+            match repo::delete_backup(targets, &entry.objects, static_objects(&entry.id))
+                .await
+                .map_err(|e| failure(&entry.id, e))
+            {
                 Ok(()) => {
                     tracing::info!(id = %entry.id, reasons = %reasons.join(", "), "backup deleted");
                     (Action::Deleted, None)
@@ -348,7 +354,13 @@ pub async fn apply(
     );
     // A backup that is running right now (the lock is held) keeps its directory, however
     // long it has been quiet: its multipart parts are invisible until they complete.
-    let running = lock::holder(&targets.snapshot, cluster).await?;
+    let running = lock::holder_in(
+        &targets.snapshot,
+        cluster,
+        &listing,
+        config.targets.lock_stale_after,
+    )
+    .await?;
     let mut leftovers = Vec::new();
     // Newest first, like everything else prune prints.
     for id in leftover_ids.into_iter().rev() {
@@ -381,6 +393,18 @@ pub async fn apply(
         if let Some(problem) = entry.and_then(|e| e.problem.as_ref()) {
             leftover.action = LeftoverAction::Kept;
             leftover.reason = format!("not a usable backup ({problem}); never removed by prune");
+        } else if snapshot_objects.is_empty()
+            && static_objects(id)
+                .iter()
+                .any(|o| o.key.rsplit('/').next() == Some(MANIFEST_OBJECT))
+        {
+            // The run got as far as the manifest copy, and nothing of it is in the snapshot
+            // target: its other half may be where this config does not look.
+            leftover.action = LeftoverAction::Kept;
+            leftover.reason = format!(
+                "the keys half of a backup whose snapshot half is not in {}: it is never removed by prune (remove it by hand if that backup is gone)",
+                targets.snapshot.url()
+            );
         } else if let Some(holder) = running.as_ref().filter(|_| {
             snapshot_objects
                 .iter()
@@ -402,7 +426,10 @@ pub async fn apply(
             leftover.action = if dry_run {
                 LeftoverAction::WouldRemove
             } else {
-                match delete_dir(id, &sides).await {
+                match repo::delete_leftover(targets, snapshot_objects, static_objects(id))
+                    .await
+                    .map_err(|e| failure(id, e))
+                {
                     Ok(()) => {
                         tracing::info!(%id, "incomplete backup directory removed");
                         LeftoverAction::Removed
@@ -442,39 +469,12 @@ pub async fn apply(
     })
 }
 
-fn is_manifest(key: &str) -> bool {
-    key.rsplit('/').next() == Some(MANIFEST_OBJECT)
-}
-
-/// Deletes one backup directory on each side in order, each side's manifest first, and
-/// stops at the first failure. For a complete backup the first object is the snapshot
-/// target's manifest (the commit point), so a refused first delete leaves it whole and a
-/// later failure leaves only manifest-less leftovers.
-async fn delete_dir(id: &str, sides: &[(&Target, &[StoredObject])]) -> Result<(), DeleteFailure> {
-    let mut deleted_any = false;
-    for (target, objects) in sides {
-        let mut keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-        keys.sort_by_key(|k| !is_manifest(k));
-        for key in keys {
-            if let Err(err) = target.delete(key).await {
-                return Err(failure(id, err, !deleted_any));
-            }
-            deleted_any = true;
-        }
-    }
-    Ok(())
-}
-
-fn failure(id: &str, err: StoreError, backup_left_whole: bool) -> DeleteFailure {
+fn failure(id: &str, err: DeleteError) -> DeleteFailure {
     DeleteFailure {
         id: id.to_string(),
-        kind: if err.kind == StoreErrorKind::Denied {
-            "denied"
-        } else {
-            "failed"
-        },
-        key: err.location.clone(),
+        kind: err.kind.as_str(),
+        key: err.location,
         reason: err.reason,
-        backup_left_whole,
+        backup_left_whole: err.backup_left_whole,
     }
 }

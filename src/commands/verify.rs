@@ -13,7 +13,7 @@ use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
 use crate::manifest::Manifest;
 use crate::pipeline::{FetchError, Identities, fetch};
 use crate::source::static_resources::check_archive;
-use crate::store::catalog::{BackupEntry, ManifestProblem, list_backups, read_manifest};
+use crate::store::catalog::{self, BackupEntry, ManifestProblem, list_backups, read_manifest};
 use crate::store::layout::MANIFEST_OBJECT;
 
 #[derive(Debug, Serialize)]
@@ -198,15 +198,25 @@ pub async fn select(
                 ))
                 .into())
             }
+            // The store refuses to hand it out (permissions, S3 Glacier's 403, Azure's 409 for
+            // an archived blob): a damaged backup as far as this tool can tell, not a failure
+            // to reach the store.
+            Err(ManifestProblem::Store(e))
+                if matches!(
+                    e.kind,
+                    crate::store::StoreErrorKind::Denied | crate::store::StoreErrorKind::AlreadyExists
+                ) =>
+            {
+                Err(IntegrityError(format!(
+                    "backup {id} is damaged: its manifest cannot be read ({e}); restore it from the archive tier or fix its permissions, or pick another backup (see `etcd-offsite list`)"
+                ))
+                .into())
+            }
             Err(ManifestProblem::Store(e)) => Err(e.into()),
             Err(invalid @ ManifestProblem::Invalid { .. }) => Err(IntegrityError(invalid.to_string()).into()),
         },
         // The newest directory with a manifest: a broken one is reported, not skipped over.
-        None => match list_backups(&targets.snapshot, &config.cluster)
-            .await?
-            .into_iter()
-            .find(|e| e.manifest.is_some() || e.problem.is_some())
-        {
+        None => match newest_with_manifest(targets, &config.cluster).await? {
             Some(BackupEntry { manifest: Some(m), .. }) => Ok(m),
             Some(BackupEntry { id, problem, .. }) => Err(IntegrityError(format!(
                 "the newest backup {id} is not usable: {}; pass the id of another backup (see `etcd-offsite list`)",
@@ -216,6 +226,22 @@ pub async fn select(
             None => Err(anyhow!(UsageError(format!("no complete backup of cluster {} yet", config.cluster)))),
         },
     }
+}
+
+/// The newest directory with a manifest, read alone (older manifests are not read).
+async fn newest_with_manifest(
+    targets: &Targets,
+    cluster: &str,
+) -> anyhow::Result<Option<BackupEntry>> {
+    let entries = catalog::list_entries(&targets.snapshot, cluster).await?;
+    for mut entry in entries.into_iter().filter(BackupEntry::has_manifest) {
+        catalog::load(&targets.snapshot, cluster, &mut entry).await;
+        // A manifest deleted since the listing (a prune) leaves neither: look further.
+        if entry.manifest.is_some() || entry.problem.is_some() {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 async fn verify_backup(

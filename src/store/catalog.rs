@@ -25,6 +25,13 @@ impl BackupEntry {
         self.manifest.is_some()
     }
 
+    /// The directory holds a manifest object (usable or not).
+    pub fn has_manifest(&self) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.key.rsplit('/').next() == Some(MANIFEST_OBJECT))
+    }
+
     /// Start time from the manifest, else from the id.
     pub fn started_at(&self) -> DateTime<Utc> {
         self.manifest
@@ -105,33 +112,68 @@ pub fn group_by_id(objects: Vec<StoredObject>) -> BTreeMap<String, Vec<StoredObj
     by_id
 }
 
-/// Backup directories of `cluster` in `target`, newest first; names that are not ids are skipped.
-pub async fn list_backups(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
-    let by_id = group_by_id(target.list(cluster).await?);
-    let mut entries = Vec::with_capacity(by_id.len());
-    for (id, objects) in by_id.into_iter().rev() {
-        let has_manifest = objects
-            .iter()
-            .any(|o| o.key.ends_with(&format!("/{MANIFEST_OBJECT}")));
-        let (manifest, problem) = if has_manifest {
-            match read_manifest(target, cluster, &id).await {
-                Ok(m) => (Some(m), None),
-                Err(ManifestProblem::Store(e)) if e.kind != StoreErrorKind::NotFound => {
-                    return Err(e);
-                }
-                Err(problem) => (None, Some(problem.to_string())),
-            }
-        } else {
-            (None, None)
-        };
-        entries.push(BackupEntry {
+/// Backup directories of `cluster` in `target`, newest first, from one listing and without
+/// reading any manifest; names that are not ids are skipped.
+pub async fn list_entries(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
+    Ok(entries_from(target.list(cluster).await?))
+}
+
+/// Backup directories, newest first, in a listing of a cluster (manifests not read).
+pub fn entries_from(listing: Vec<StoredObject>) -> Vec<BackupEntry> {
+    group_by_id(listing)
+        .into_iter()
+        .rev()
+        .map(|(id, objects)| BackupEntry {
             id,
-            manifest,
+            manifest: None,
             objects,
-            problem,
-        });
+            problem: None,
+        })
+        .collect()
+}
+
+/// Backup directories of `cluster` in `target`, newest first, with their manifests read.
+/// A manifest that cannot be read or used (damaged, garbled, archived, forbidden) makes
+/// its entry damaged (`problem`); it never fails the listing.
+pub async fn list_backups(target: &Target, cluster: &str) -> Result<Vec<BackupEntry>, StoreError> {
+    let mut entries = list_entries(target, cluster).await?;
+    for entry in &mut entries {
+        load(target, cluster, entry).await;
     }
     Ok(entries)
+}
+
+/// The manifest of the newest backup directory that has one, read alone. When that one
+/// cannot be used, a warning says so and None is returned: callers treat it as unknown.
+pub async fn newest_manifest(
+    target: &Target,
+    cluster: &str,
+) -> Result<Option<Manifest>, StoreError> {
+    let entries = list_entries(target, cluster).await?;
+    let Some(mut newest) = entries.into_iter().find(BackupEntry::has_manifest) else {
+        return Ok(None);
+    };
+    load(target, cluster, &mut newest).await;
+    if let Some(problem) = &newest.problem {
+        tracing::warn!(id = %newest.id, %problem, "the newest backup's manifest is not usable; going on as if it were not there");
+    }
+    Ok(newest.manifest)
+}
+
+/// Reads the manifest of an entry that has one; a problem is recorded on the entry.
+pub async fn load(target: &Target, cluster: &str, entry: &mut BackupEntry) {
+    if !entry.has_manifest() || entry.manifest.is_some() {
+        return;
+    }
+    match read_manifest(target, cluster, &entry.id).await {
+        Ok(m) => entry.manifest = Some(m),
+        // Deleted between the listing and the read (a prune): not a backup any more.
+        Err(ManifestProblem::Store(e)) if e.kind == StoreErrorKind::NotFound => {}
+        Err(ManifestProblem::Store(e)) => {
+            entry.problem = Some(format!("manifest cannot be read: {e}"));
+        }
+        Err(problem) => entry.problem = Some(problem.to_string()),
+    }
 }
 
 /// Why a manifest could not be used.
@@ -155,14 +197,8 @@ pub async fn read_manifest(
         key: key.clone(),
         reason,
     })?;
-    if manifest.id != id || manifest.cluster != cluster {
-        return Err(ManifestProblem::Invalid {
-            key,
-            reason: format!(
-                "it describes backup {}/{}, not {cluster}/{id}",
-                manifest.cluster, manifest.id
-            ),
-        });
-    }
+    manifest
+        .validate(cluster, id)
+        .map_err(|reason| ManifestProblem::Invalid { key, reason })?;
     Ok(manifest)
 }

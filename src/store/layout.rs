@@ -18,8 +18,8 @@ pub fn drill_record_name(at: DateTime<Utc>, n: u32) -> String {
     format!("{DRILL_PREFIX}{}-{n:04}.json", at.format(ID_FORMAT))
 }
 
-/// One per cluster: held while a backup runs so several hosts produce one backup.
-pub const LOCK_OBJECT: &str = "backup.lock";
+/// One per cluster: the backup lock's generations (`<cluster>/lock/<n>`), see [`super::lock`].
+pub const LOCK_DIR: &str = "lock";
 
 const ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 

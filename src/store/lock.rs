@@ -1,110 +1,486 @@
-//! A per-cluster lock object so that runs from several control-plane hosts produce one backup.
+//! The per-cluster backup lock, so that runs from several control-plane hosts produce one
+//! backup, built from create-only writes alone.
+//!
+//! The lock is a series of generations, `<cluster>/lock/<n>` (n zero-padded, so names sort
+//! as numbers), each a small JSON record written create-only; the highest generation is
+//! the lock's state. Taking the lock, renewing it, breaking a dead holder's lock and
+//! releasing it all mean creating generation n+1 after reading generation n: of several
+//! hosts doing so at once exactly one create succeeds, on every store that refuses a
+//! second create of one key (local files, S3, GCS, Azure). No step needs an overwrite, a
+//! conditional update or a delete, so the lock also works on stores that refuse deletes
+//! (object lock, retention policies, immutable files); older generations are deleted
+//! where the store allows it, best effort.
+//!
+//! A holder renews every third of `lock_stale_after` by writing the next generation; a
+//! held generation older than that (by the store's modification time) belongs to a dead
+//! or cut-off run and is broken. A holder on this host that is provably gone (same host
+//! name, boot id and pid namespace, and its pid no longer runs the process that wrote
+//! the record) is broken at once. A holder that finds the next generation written by
+//! someone else has lost the lock and must not commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::layout::LOCK_OBJECT;
-use super::{StoreError, StoreErrorKind, Target};
+use super::layout::LOCK_DIR;
+use super::{StoreError, StoreErrorKind, StoredObject, Target};
 use crate::error::Refused;
 
-/// A lock older than this is taken to belong to a crashed run and is broken.
-pub const LOCK_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(2);
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LockRecord {
-    host: String,
-    pid: u32,
-    /// Tells this run's lock from a later one, so a release never deletes another's.
-    #[serde(default)]
-    token: u64,
-    acquired_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LockState {
+    Held,
+    Free,
 }
 
-/// A held lock; call [`BackupLock::release`] when done (a lost lock expires after [`LOCK_TTL`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LockRecord {
+    state: LockState,
+    host: String,
+    #[serde(default)]
+    boot_id: String,
+    /// Inode of the writer's pid namespace: pids only mean something within one.
+    #[serde(default)]
+    pid_ns: u64,
+    pid: u32,
+    /// The writer's start time (clock ticks since boot), which tells a reused pid apart.
+    #[serde(default)]
+    pid_start: u64,
+    /// One per run: tells this run's generations from any other's.
+    token: u64,
+    acquired_at: DateTime<Utc>,
+    written_at: DateTime<Utc>,
+    /// The holder renews well within this; other hosts wait at least this long.
+    stale_after_secs: u64,
+}
+
+/// Who this process is, as far as telling a dead holder on this host goes.
+#[derive(Debug, Clone, Default)]
+struct ProcessIdentity {
+    host: String,
+    boot_id: String,
+    pid_ns: u64,
+    pid: u32,
+    pid_start: u64,
+}
+
+impl ProcessIdentity {
+    fn current() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let pid = std::process::id();
+        Self {
+            host: hostname(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            pid_ns: std::fs::metadata("/proc/self/ns/pid")
+                .map(|m| m.ino())
+                .unwrap_or(0),
+            pid,
+            pid_start: process_start(pid).unwrap_or(0),
+        }
+    }
+
+    /// True only when the record's writer ran on this host, in this boot and pid
+    /// namespace, and that process is gone (its pid is free or runs another process).
+    fn proves_dead(&self, record: &LockRecord) -> bool {
+        let same_place = !self.boot_id.is_empty()
+            && record.host == self.host
+            && record.boot_id == self.boot_id
+            && self.pid_ns != 0
+            && record.pid_ns == self.pid_ns;
+        if !same_place || record.pid == self.pid {
+            return false;
+        }
+        match process_start(record.pid) {
+            None => true,
+            Some(start) => record.pid_start != 0 && start != record.pid_start,
+        }
+    }
+}
+
+/// Start time of a running process, from `/proc/<pid>/stat` (field 22); None when it is gone.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn generation_key(cluster: &str, generation: u64) -> String {
+    format!("{cluster}/{LOCK_DIR}/{generation:016}")
+}
+
+/// The lock's generations among listed objects, lowest first.
+fn generations_in(listed: &[StoredObject], cluster: &str) -> Vec<(u64, StoredObject)> {
+    let mut found: Vec<(u64, StoredObject)> = listed
+        .iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next()?;
+            let generation = name
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| name.parse::<u64>().ok())??;
+            (o.key == generation_key(cluster, generation)).then(|| (generation, o.clone()))
+        })
+        .collect();
+    found.sort_by_key(|(generation, _)| *generation);
+    found
+}
+
+/// The lock's generations, lowest first.
+async fn generations(
+    target: &Target,
+    cluster: &str,
+) -> Result<Vec<(u64, StoredObject)>, StoreError> {
+    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
+    Ok(generations_in(&listed, cluster))
+}
+
+/// A record, or why it is unusable (`Ok(Err(reason))`).
+async fn read_record(target: &Target, key: &str) -> Result<Result<LockRecord, String>, StoreError> {
+    let bytes = target.read(key).await?;
+    Ok(serde_json::from_slice::<LockRecord>(&bytes).map_err(|e| e.to_string()))
+}
+
+enum Created {
+    Ours,
+    Theirs,
+}
+
+/// Creates a generation; an "exists" answer or an error after which the stored record is
+/// this run's (a retried request that had landed) counts as created.
+async fn create_generation(
+    target: &Target,
+    key: &str,
+    record: &LockRecord,
+) -> Result<Created, StoreError> {
+    let body = serde_json::to_vec(record).expect("a lock record serializes");
+    let written = target.create(key, Bytes::from(body)).await;
+    if matches!(written, Ok(true)) {
+        return Ok(Created::Ours);
+    }
+    match read_record(target, key).await {
+        Ok(Ok(stored)) if stored.token == record.token => Ok(Created::Ours),
+        Ok(_) => Ok(Created::Theirs),
+        Err(read) => match written {
+            Err(e) => Err(e),
+            Ok(_) if read.kind == StoreErrorKind::NotFound => Ok(Created::Theirs),
+            Ok(_) => Err(read),
+        },
+    }
+}
+
+/// Deletes generations below `keep`, best effort (a store may refuse deletes).
+async fn delete_below(target: &Target, cluster: &str, keep: u64, known: &[u64]) {
+    for generation in known.iter().filter(|g| **g < keep) {
+        if let Err(e) = target.delete(&generation_key(cluster, *generation)).await {
+            tracing::debug!(error = %e, "an old lock generation stays (the store keeps it)");
+        }
+    }
+}
+
+struct Shared {
+    generation: AtomicU64,
+    lost: AtomicBool,
+    stop: tokio::sync::Notify,
+}
+
+/// A held lock, renewed in the background; call [`BackupLock::release`] when done.
 #[must_use = "a lock must be released"]
 pub struct BackupLock {
     target: Target,
-    key: String,
-    token: u64,
+    cluster: String,
+    record: LockRecord,
+    shared: Arc<Shared>,
+    renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Takes the lock of `cluster` in `target`, breaking an expired one.
-/// A lock held by another run is a [`Refused`] error; store failures are [`StoreError`]s.
-pub async fn acquire(target: &Target, cluster: &str) -> anyhow::Result<BackupLock> {
-    let key = format!("{cluster}/{LOCK_OBJECT}");
-    for _ in 0..2 {
-        let now = Utc::now();
-        let token = rand::random::<u64>();
-        let record = LockRecord {
-            host: hostname(),
-            pid: std::process::id(),
-            token,
-            acquired_at: now,
-            expires_at: now + LOCK_TTL,
+/// Takes the lock of `cluster` in `target`, breaking a stale or provably dead holder's.
+/// A live holder is a [`Refused`] error; store failures are [`StoreError`]s.
+pub async fn acquire(
+    target: &Target,
+    cluster: &str,
+    stale_after: Duration,
+) -> anyhow::Result<BackupLock> {
+    let me = ProcessIdentity::current();
+    let now = Utc::now();
+    let mut record = LockRecord {
+        state: LockState::Held,
+        host: me.host.clone(),
+        boot_id: me.boot_id.clone(),
+        pid_ns: me.pid_ns,
+        pid: me.pid,
+        pid_start: me.pid_start,
+        token: rand::random::<u64>(),
+        acquired_at: now,
+        written_at: now,
+        stale_after_secs: stale_after.as_secs().max(1),
+    };
+    for _ in 0..3 {
+        let known = generations(target, cluster).await?;
+        let next = match known.last() {
+            None => 1,
+            Some((generation, object)) => match judge(target, &me, object, stale_after).await? {
+                Judgement::Free => generation + 1,
+                Judgement::Gone => continue,
+                Judgement::Held(why) => {
+                    return Err(Refused(format!(
+                        "backup lock {}/{} {why}: another run is taking this backup",
+                        target.url(),
+                        object.key
+                    ))
+                    .into());
+                }
+            },
         };
-        let body = serde_json::to_vec(&record).expect("lock record serializes");
-        if target.create(&key, Bytes::from(body)).await? {
-            return Ok(BackupLock {
-                target: target.clone(),
-                key,
-                token,
+        record.written_at = Utc::now();
+        if let Created::Ours =
+            create_generation(target, &generation_key(cluster, next), &record).await?
+        {
+            let known: Vec<u64> = known.iter().map(|(g, _)| *g).collect();
+            delete_below(target, cluster, next, &known).await;
+            return Ok(BackupLock::start(
+                target.clone(),
+                cluster,
+                record,
+                next,
+                stale_after,
+            ));
+        }
+        // Another run created that generation first: judge it like any other.
+    }
+    Err(Refused(format!(
+        "backup lock {}/{cluster}/{LOCK_DIR} is contended: other runs took it while this one tried; try again",
+        target.url()
+    ))
+    .into())
+}
+
+enum Judgement {
+    /// Released, stale, unreadable for long enough, or its holder provably died.
+    Free,
+    /// Vanished while read (deleted by hand or by a holder cleaning up): look again.
+    Gone,
+    /// Held by a live run: why it counts as held, for the refusal.
+    Held(String),
+}
+
+async fn judge(
+    target: &Target,
+    me: &ProcessIdentity,
+    object: &StoredObject,
+    stale_after: Duration,
+) -> Result<Judgement, StoreError> {
+    let age = Utc::now() - object.last_modified;
+    let record = match read_record(target, &object.key).await {
+        Ok(record) => record,
+        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(Judgement::Gone),
+        Err(e) => return Err(e),
+    };
+    let record = match record {
+        Ok(record) => record,
+        Err(reason) => {
+            let wait = delta(stale_after);
+            return Ok(if age > wait {
+                tracing::warn!(lock = %object.key, %reason, "breaking an unreadable backup lock record");
+                Judgement::Free
+            } else {
+                Judgement::Held(format!(
+                    "is unreadable ({reason}); it counts as held until {}",
+                    (object.last_modified + wait).to_rfc3339()
+                ))
             });
         }
-        let holder = match target.read(&key).await {
-            Ok(bytes) => serde_json::from_slice::<LockRecord>(&bytes).ok(),
-            Err(e) if e.kind == StoreErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match holder {
-            Some(h) if h.expires_at > Utc::now() => {
-                return Err(Refused(format!(
-                    "backup lock {}/{key} is held by {} (pid {}) since {}: another host is taking this backup. If that run died, the lock expires at {} or can be deleted by hand",
-                    target.url(),
-                    h.host,
-                    h.pid,
-                    h.acquired_at.to_rfc3339(),
-                    h.expires_at.to_rfc3339()
-                ))
-                .into());
-            }
-            stale => {
-                tracing::warn!(lock = %key, holder = ?stale.map(|h| h.host), "breaking an expired or unreadable backup lock");
-                target.delete(&key).await?;
-            }
-        }
+    };
+    if record.state == LockState::Free {
+        return Ok(Judgement::Free);
     }
-    Err(Refused(format!("backup lock {key} is contended; try again")).into())
+    if me.proves_dead(&record) {
+        tracing::warn!(lock = %object.key, pid = record.pid, "breaking the backup lock of a run on this host that no longer exists");
+        return Ok(Judgement::Free);
+    }
+    // The holder promised to renew within its own stale_after: wait for the longer one.
+    let wait = delta(stale_after.max(Duration::from_secs(record.stale_after_secs)));
+    if age > wait {
+        tracing::warn!(lock = %object.key, host = %record.host, pid = record.pid, last_renewed = %object.last_modified.to_rfc3339(), "breaking a backup lock that was not renewed in time");
+        return Ok(Judgement::Free);
+    }
+    Ok(Judgement::Held(format!(
+        "is held by {} (pid {}) since {}, last renewed {}; if that run died, the lock is broken from {} on",
+        record.host,
+        record.pid,
+        record.acquired_at.to_rfc3339(),
+        object.last_modified.to_rfc3339(),
+        (object.last_modified + wait).to_rfc3339()
+    )))
 }
 
-/// Who holds the unexpired lock of `cluster`, if anyone.
-pub async fn holder(target: &Target, cluster: &str) -> Result<Option<String>, StoreError> {
-    match target.read(&format!("{cluster}/{LOCK_OBJECT}")).await {
-        Ok(bytes) => Ok(serde_json::from_slice::<LockRecord>(&bytes)
-            .ok()
-            .filter(|r| r.expires_at > Utc::now())
-            .map(|r| format!("{} (pid {})", r.host, r.pid))),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+fn delta(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// Who holds the lock of `cluster` right now, if a live run does (commands use
+/// [`holder_in`] with the listing they already have).
+#[cfg(test)]
+pub async fn holder(
+    target: &Target,
+    cluster: &str,
+    stale_after: Duration,
+) -> Result<Option<String>, StoreError> {
+    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
+    holder_in(target, cluster, &listed, stale_after).await
+}
+
+/// [`holder`] from a listing the caller already has (of the cluster or of its lock).
+pub async fn holder_in(
+    target: &Target,
+    cluster: &str,
+    listed: &[StoredObject],
+    stale_after: Duration,
+) -> Result<Option<String>, StoreError> {
+    let me = ProcessIdentity::current();
+    let known = generations_in(listed, cluster);
+    let Some((_, object)) = known.last() else {
+        return Ok(None);
+    };
+    let record = match read_record(target, &object.key).await {
+        Ok(Ok(record)) => record,
+        Ok(Err(_)) => return Ok(None),
+        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(match judge(target, &me, object, stale_after).await? {
+        Judgement::Held(_) => Some(format!("{} (pid {})", record.host, record.pid)),
+        Judgement::Free | Judgement::Gone => None,
+    })
 }
 
 impl BackupLock {
-    pub async fn release(self) {
-        // After an expiry another run may hold the lock now: only ours is deleted.
-        let ours = match self.target.read(&self.key).await {
-            Ok(bytes) => {
-                serde_json::from_slice::<LockRecord>(&bytes).is_ok_and(|r| r.token == self.token)
-            }
-            Err(_) => false,
+    fn start(
+        target: Target,
+        cluster: &str,
+        record: LockRecord,
+        generation: u64,
+        stale_after: Duration,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(generation),
+            lost: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+        });
+        let renewal = tokio::spawn(renew(
+            target.clone(),
+            cluster.to_string(),
+            record.clone(),
+            Arc::clone(&shared),
+            stale_after / 3,
+        ));
+        Self {
+            target,
+            cluster: cluster.to_string(),
+            record,
+            shared,
+            renewal: Some(renewal),
+        }
+    }
+
+    /// The generation this run holds now.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
+    }
+
+    /// Fails when another run has taken the lock over (this run could not renew in
+    /// time): checked right before the commit, so such a run never commits.
+    pub async fn ensure_held(&self) -> anyhow::Result<()> {
+        let lost = || {
+            anyhow::anyhow!(
+                "the backup lock {}/{}/{LOCK_DIR} was taken over by another run (this run could not renew it in time); this run is abandoned without a commit",
+                self.target.url(),
+                self.cluster
+            )
         };
-        if !ours {
-            tracing::warn!(lock = %self.key, "the backup lock is no longer ours (expired and taken over?); left alone");
+        if self.shared.lost.load(Ordering::SeqCst) {
+            return Err(lost());
+        }
+        let known = generations(&self.target, &self.cluster).await?;
+        match known.last() {
+            Some((generation, _)) if *generation > self.generation() => {
+                let key = generation_key(&self.cluster, *generation);
+                match read_record(&self.target, &key).await? {
+                    Ok(r) if r.token == self.record.token => Ok(()),
+                    _ => Err(lost()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops renewing and writes a released generation (deleting older ones where allowed).
+    pub async fn release(mut self) {
+        self.shared.stop.notify_one();
+        if let Some(renewal) = self.renewal.take() {
+            let _ = renewal.await;
+        }
+        if self.shared.lost.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(e) = self.target.delete(&self.key).await {
-            tracing::warn!(error = %e, "could not release the backup lock; it expires by itself");
+        let current = self.generation();
+        let mut record = self.record.clone();
+        record.state = LockState::Free;
+        record.written_at = Utc::now();
+        let next = current + 1;
+        match create_generation(&self.target, &generation_key(&self.cluster, next), &record).await {
+            Ok(Created::Ours) => delete_below(&self.target, &self.cluster, next, &[current]).await,
+            Ok(Created::Theirs) => {
+                tracing::warn!("the backup lock is no longer ours (taken over?); left alone")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the backup lock; other runs break it once it is stale")
+            }
+        }
+    }
+}
+
+impl Drop for BackupLock {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
+}
+
+async fn renew(
+    target: Target,
+    cluster: String,
+    mut record: LockRecord,
+    shared: Arc<Shared>,
+    interval: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shared.stop.notified() => return,
+        }
+        let current = shared.generation.load(Ordering::SeqCst);
+        record.written_at = Utc::now();
+        match create_generation(&target, &generation_key(&cluster, current + 1), &record).await {
+            Ok(Created::Ours) => {
+                shared.generation.store(current + 1, Ordering::SeqCst);
+                delete_below(&target, &cluster, current + 1, &[current]).await;
+            }
+            Ok(Created::Theirs) => {
+                tracing::error!(lock = %generation_key(&cluster, current + 1), "another run took the backup lock over; this run will not commit");
+                shared.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the backup lock; trying again");
+            }
         }
     }
 }
@@ -112,4 +488,190 @@ impl BackupLock {
 /// This host's name, for lock and progress records.
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{Fault, FaultyStore, Op};
+
+    const C: &str = "c";
+
+    fn forged(token: u64, host: &str, pid: u32) -> LockRecord {
+        let me = ProcessIdentity::current();
+        LockRecord {
+            state: LockState::Held,
+            host: host.to_string(),
+            boot_id: me.boot_id,
+            pid_ns: me.pid_ns,
+            pid,
+            pid_start: 1,
+            token,
+            acquired_at: Utc::now(),
+            written_at: Utc::now(),
+            stale_after_secs: 1,
+        }
+    }
+
+    async fn put(target: &Target, generation: u64, record: &LockRecord) {
+        let body = Bytes::from(serde_json::to_vec(record).unwrap());
+        assert!(
+            target
+                .create(&generation_key(C, generation), body)
+                .await
+                .unwrap()
+        );
+    }
+
+    fn refused(err: &anyhow::Error) -> bool {
+        err.chain().any(|e| e.is::<Refused>())
+    }
+
+    #[tokio::test]
+    async fn take_release_take_leaves_one_free_generation() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+        let err = acquire(&target, C, Duration::from_secs(60))
+            .await
+            .err()
+            .unwrap();
+        assert!(refused(&err), "{err:#}");
+        lock.release().await;
+        assert_eq!(store.keys().await, [generation_key(C, 2)]);
+        let again = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(again.generation(), 3);
+        again.release().await;
+        assert_eq!(store.keys().await, [generation_key(C, 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_live_holder_elsewhere_refuses_and_a_stale_one_is_broken() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        put(&target, 7, &forged(1, "other-host", 1)).await;
+        let err = acquire(&target, C, Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            refused(&err) && format!("{err:#}").contains("other-host"),
+            "{err:#}"
+        );
+        assert!(
+            holder(&target, C, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(
+            holder(&target, C, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let lock = acquire(&target, C, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(lock.generation(), 8);
+        lock.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_holder_on_this_host_is_broken_at_once() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let mut record = forged(1, &hostname(), dead_pid);
+        record.stale_after_secs = 3600;
+        put(&target, 1, &record).await;
+        let lock = acquire(&target, C, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(lock.generation(), 2);
+        lock.release().await;
+
+        // A live process of this host (this one's parent) is not provably dead.
+        let mut record = forged(2, &hostname(), std::os::unix::process::parent_id());
+        record.pid_start = process_start(record.pid).unwrap();
+        record.stale_after_secs = 3600;
+        put(&target, 4, &record).await;
+        let err = acquire(&target, C, Duration::from_secs(3600))
+            .await
+            .err()
+            .unwrap();
+        assert!(refused(&err), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_retried_create_that_landed_is_recognised_as_ours() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        store.inject(Op::Put, 1, Fault::SucceedButFail);
+        let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(lock.generation(), 1);
+        lock.ensure_held().await.unwrap();
+        lock.release().await;
+    }
+
+    #[tokio::test]
+    async fn racers_breaking_a_stale_lock_get_exactly_one_winner() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        put(&target, 3, &forged(1, "crashed-host", 1)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = Duration::from_secs(1);
+        let (a, b, c) = tokio::join!(
+            acquire(&target, C, stale),
+            acquire(&target, C, stale),
+            acquire(&target, C, stale)
+        );
+        let results = [a, b, c];
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1);
+        for r in &results {
+            if let Err(e) = r {
+                assert!(refused(e), "{e:#}");
+            }
+        }
+        for r in results.into_iter().flatten() {
+            r.release().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holder_renews_and_notices_a_takeover() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        let stale = Duration::from_millis(600);
+        let lock = acquire(&target, C, stale).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(lock.generation() >= 3, "renewed: {}", lock.generation());
+        // Renewed: not stale for others even though it was taken long ago.
+        assert!(acquire(&target, C, stale).await.is_err());
+        lock.ensure_held().await.unwrap();
+        // Another run writes a later generation (as after missed renewals).
+        let later = lock.generation() + 5;
+        put(&target, later, &forged(9, "other-host", 1)).await;
+        assert!(lock.ensure_held().await.is_err());
+        lock.release().await;
+        assert!(store.keys().await.contains(&generation_key(C, later)));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_refuses_deletes_still_locks_and_releases() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        for _ in 0..20 {
+            store.inject(Op::Delete, 1, Fault::Refuse);
+        }
+        store.keep_deleted(true);
+        for round in 0..3u64 {
+            let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(lock.generation(), round * 2 + 1);
+            lock.release().await;
+        }
+        assert_eq!(store.keys().await.len(), 6, "nothing could be deleted");
+    }
 }

@@ -2,7 +2,11 @@
 
 pub mod catalog;
 pub mod layout;
+mod local;
 pub mod lock;
+pub mod repo;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +32,8 @@ use crate::error::one_line;
 pub const PART_SIZE: usize = 6 * 1024 * 1024;
 /// Parts in flight at once: the compressed stream (~30-60 MB/s on 2 cores) fits in fewer.
 pub const UPLOAD_CONCURRENCY: usize = 3;
+/// Largest small object read whole (manifest, lock record): anything bigger is damaged or hostile.
+pub const SMALL_OBJECT_CAP: u64 = 1024 * 1024;
 
 /// What went wrong with a storage operation, kept apart so prune can report "denied".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +60,14 @@ pub struct Target {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
-    /// The directory of a file:// target.
+    /// The directory of a file:// target (canonical: symlinks below it are never followed).
     local_dir: Option<std::path::PathBuf>,
+}
+
+/// Two target configs name one location only when URL and options both match (the same
+/// URL with another endpoint or account is another store).
+pub fn same_location(a: &TargetConfig, b: &TargetConfig) -> bool {
+    a.url == b.url && a.options == b.options
 }
 
 /// An object below a target's prefix.
@@ -136,7 +148,7 @@ impl Target {
                     .with_automatic_cleanup(true)
                     // The manifest must never reach the disk before the data it describes.
                     .with_fsync(true);
-                local_dir = Some(dir);
+                local_dir = Some(dir.canonicalize().map_err(|e| fail(e.to_string()))?);
                 (Arc::new(local) as Arc<dyn ObjectStore>, Path::default())
             }
             scheme => {
@@ -176,6 +188,17 @@ impl Target {
         })
     }
 
+    /// A target over any object store (tests wrap an in-memory store with faults).
+    #[cfg(test)]
+    pub(crate) fn from_store(store: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Self {
+            store,
+            prefix: Path::default(),
+            url: url.to_string(),
+            local_dir: None,
+        }
+    }
+
     /// Removes uploads a killed process left unfinished, older than `before`; returns their keys.
     ///
     /// On file:// targets these are object_store's staging files (`<name>#<n>`), which
@@ -197,33 +220,15 @@ impl Target {
             reason: e.to_string(),
         };
         let mut removed = Vec::new();
-        let cluster_dir = root.join(cluster);
-        let Ok(backups) = std::fs::read_dir(&cluster_dir) else {
-            return Ok(removed);
-        };
-        for backup in backups {
-            let backup = backup.map_err(fail)?;
-            if !backup.file_type().map_err(fail)?.is_dir() {
-                continue;
-            }
-            for file in std::fs::read_dir(backup.path()).map_err(fail)? {
-                let file = file.map_err(fail)?;
-                let name = file.file_name().to_string_lossy().into_owned();
-                let staging = name
-                    .rsplit_once('#')
-                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-                let modified: DateTime<Utc> = file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map_err(fail)?
-                    .into();
-                if staging && modified < before {
-                    std::fs::remove_file(file.path()).map_err(fail)?;
-                    removed.push(format!(
-                        "{cluster}/{}/{name}",
-                        backup.file_name().to_string_lossy()
-                    ));
-                }
+        for file in local::walk(root, cluster).map_err(fail)? {
+            let name = file.key.rsplit('/').next().unwrap_or_default();
+            let staging = name
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            // `<cluster>/<id>/<name>#<n>` only: nothing else is a staging file of ours.
+            if staging && file.key.split('/').count() == 3 && file.last_modified < before {
+                local::remove_file(root, &file.key).map_err(fail)?;
+                removed.push(file.key);
             }
         }
         Ok(removed)
@@ -290,17 +295,61 @@ impl Target {
         }
     }
 
-    /// Reads a small object whole (manifests, locks).
+    /// Reads a small object whole (manifests, locks), refusing one above [`SMALL_OBJECT_CAP`].
     pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.local_guard("read", key)?;
         let result = self
             .store
             .get(&self.path(key))
             .await
             .map_err(|e| self.error("read", key, &e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| self.error("read", key, &e))
+        let too_large = || StoreError {
+            kind: StoreErrorKind::Other,
+            op: "read",
+            location: format!("{}/{key}", self.url()),
+            reason: format!(
+                "larger than {SMALL_OBJECT_CAP} bytes, which no record etcd-offsite writes is; the object is damaged or was not written by etcd-offsite"
+            ),
+        };
+        if result.meta.size > SMALL_OBJECT_CAP {
+            return Err(too_large());
+        }
+        let mut stream = result.into_stream();
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error("read", key, &e))?;
+            // The store's size may lie: stop reading past the cap either way.
+            if body.len() as u64 + chunk.len() as u64 > SMALL_OBJECT_CAP {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    }
+
+    /// Whether an object exists (a store that keeps what it was told to delete).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(e) => match self.error("head", key, &e) {
+                err if err.kind == StoreErrorKind::NotFound => Ok(false),
+                err => Err(err),
+            },
+        }
+    }
+
+    /// On file:// targets, refuses a key whose path passes through a symbolic link or is
+    /// not a regular file: nothing outside the target is ever read or deleted.
+    fn local_guard(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        let Some(root) = &self.local_dir else {
+            return Ok(());
+        };
+        local::check_inside(root, key).map_err(|reason| StoreError {
+            kind: StoreErrorKind::Denied,
+            op,
+            location: format!("{}/{key}", self.url()),
+            reason,
+        })
     }
 
     /// Streams an object; the size comes from the store.
@@ -308,6 +357,7 @@ impl Target {
         &self,
         key: &str,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, StoreError>>), StoreError> {
+        self.local_guard("read", key)?;
         let result = self
             .store
             .get(&self.path(key))
@@ -324,7 +374,28 @@ impl Target {
     }
 
     /// Every object below `dir` (relative key), recursively.
+    /// On file:// targets symbolic links are skipped, never followed, and so are names
+    /// that are not UTF-8 (with a warning): one odd entry never fails a listing.
     pub async fn list(&self, dir: &str) -> Result<Vec<StoredObject>, StoreError> {
+        if let Some(root) = &self.local_dir {
+            let root = root.clone();
+            let dir_key = dir.trim_matches('/').to_string();
+            let fail = |reason: String| StoreError {
+                kind: StoreErrorKind::Other,
+                op: "list",
+                location: format!("{}/{dir}", self.url()),
+                reason,
+            };
+            let objects = tokio::task::spawn_blocking(move || local::walk(&root, &dir_key))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.to_string()))?;
+            // Unfinished uploads are not objects (object_store's own listing hides them too).
+            return Ok(objects
+                .into_iter()
+                .filter(|o| !local::is_staging(o.key.rsplit('/').next().unwrap_or_default()))
+                .collect());
+        }
         let prefix = self.path(dir);
         self.store
             .list(Some(&prefix))
@@ -343,6 +414,7 @@ impl Target {
     /// Deletes an object; one that is already gone is not an error. A conflict (HTTP 409:
     /// an Azure blob under an immutability policy or a lease) is a refusal, [`StoreErrorKind::Denied`].
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.local_guard("delete", key)?;
         match self.store.delete(&self.path(key)).await {
             Ok(()) => Ok(()),
             Err(e) => match self.error("delete", key, &e) {

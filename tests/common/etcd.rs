@@ -1,0 +1,525 @@
+//! A real etcd per test (plain or mutual TLS), its certificates and etcdctl checks.
+
+use std::collections::BTreeMap;
+use std::fs::{self};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tempfile::TempDir;
+
+use super::*;
+
+// ------------------------------------------------------------------ etcd
+
+/// Certificates of a TLS etcd (all PEM, generated with the openssl CLI).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(Command::new("openssl").current_dir(dir).args(args));
+}
+
+/// Generates a CA, a server certificate (SAN IP:127.0.0.1, DNS:localhost; server
+/// and client auth, since etcd's own gateway dials itself with it) and a client
+/// certificate in `dir`.
+pub fn generate_tls(dir: &Path) -> TlsFiles {
+    fs::create_dir_all(dir).expect("create tls dir");
+    let serial = |n: u32| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        format!("0x{:x}{:02x}", t.as_nanos() & 0xffff_ffff_ffff, n)
+    };
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3650",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=etcd-offsite-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (i, (name, cn)) in [("server", "etcd-server"), ("client", "etcd-client")]
+        .iter()
+        .enumerate()
+    {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let ext = format!("{name}.ext");
+        let subj = format!("/CN={cn}");
+        openssl(
+            dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout", &key, "-out", &csr,
+                "-subj", &subj,
+            ],
+        );
+        let ser = serial(i as u32 + 1);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-sha256",
+                "-days",
+                "3650",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &ser,
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    TlsFiles {
+        ca: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+/// Flags every test etcd gets (big transactions for the loader, big quota).
+pub const ETCD_COMMON_FLAGS: &[&str] = &[
+    "--max-txn-ops",
+    "10000",
+    "--max-request-bytes",
+    "33554432",
+    "--quota-backend-bytes",
+    "8589934592",
+];
+
+/// A single-member etcd on loopback, in its own TempDir; SIGKILLed on drop.
+pub struct EtcdServer {
+    svc: Option<Service>,
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    tls: Option<TlsFiles>,
+    extra_args: Vec<String>,
+    dir: TempDir,
+}
+
+impl EtcdServer {
+    /// Starts a fresh etcd; `tls` = https client URL with client-cert auth.
+    pub fn start(tls: bool) -> EtcdServer {
+        Self::start_with_args(tls, &[])
+    }
+
+    /// Like [`EtcdServer::start`] with extra etcd flags (e.g. `["--snapshot-count", "100"]`).
+    pub fn start_with_args(tls: bool, extra_args: &[&str]) -> EtcdServer {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-test-")
+            .tempdir()
+            .expect("tempdir");
+        let tls = tls.then(|| generate_tls(&dir.path().join("tls")));
+        let data_dir = dir.path().join("data");
+        let mut e = EtcdServer {
+            svc: None,
+            name: "default".into(),
+            client_port: 0,
+            peer_port: 0,
+            data_dir,
+            tls,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        e.boot(true, None);
+        e
+    }
+
+    /// Restores `snapshot_file` with `etcdctl snapshot restore` (which checks the
+    /// snapshot's hash trailer) into a new data dir and starts a plain etcd on it:
+    /// proof that a snapshot boots. Panics with etcdctl's output if restore fails.
+    pub fn start_from_snapshot(snapshot_file: &Path) -> EtcdServer {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-restored-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mut e = EtcdServer {
+            svc: None,
+            name: "restored".into(),
+            client_port: 0,
+            peer_port: 0,
+            data_dir,
+            tls: None,
+            extra_args: vec![],
+            dir,
+        };
+        e.boot(true, Some(snapshot_file.to_path_buf()));
+        e
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    fn peer_url(peer_port: u16) -> String {
+        format!("http://127.0.0.1:{peer_port}")
+    }
+
+    fn initial_cluster(&self, peer_port: u16) -> String {
+        format!("{}={}", self.name, Self::peer_url(peer_port))
+    }
+
+    /// Starts etcd on `data_dir`; `new_ports` picks fresh ports (retrying on
+    /// clashes); `restore` first restores a snapshot into the data dir.
+    fn boot(&mut self, new_ports: bool, restore: Option<PathBuf>) {
+        let log = self.dir.path().join("etcd.log");
+        let ports = std::cell::Cell::new((self.client_port, self.peer_port));
+        let this = &*self;
+        let (svc, _) = start_with_retry(
+            "etcd",
+            &log,
+            Duration::from_secs(20),
+            new_ports,
+            "etcd",
+            |attempt| {
+                if new_ports {
+                    ports.set((free_port(), free_port()));
+                }
+                let (client, peer) = ports.get();
+                if let Some(snap) = &restore {
+                    this.restore_data_dir(snap, peer);
+                }
+                let _ = fs::write(&log, format!("=== etcd start (attempt {attempt}) ===\n"));
+                (this.command(client, peer), client)
+            },
+            |client| port_open(client) && this.healthy_at(client),
+        );
+        (self.client_port, self.peer_port) = ports.get();
+        self.svc = Some(svc);
+    }
+
+    /// `etcdctl snapshot restore` of `snap` into a fresh data dir.
+    fn restore_data_dir(&self, snap: &Path, peer_port: u16) {
+        let _ = fs::remove_dir_all(&self.data_dir);
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snap)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster(peer_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(Self::peer_url(peer_port));
+        let out = run(&mut c);
+        if !out.status.success() {
+            panic!(
+                "etcdctl snapshot restore of {} failed:\n{}",
+                snap.display(),
+                describe_output(&out)
+            );
+        }
+    }
+
+    /// The etcd command line for these ports.
+    fn command(&self, client_port: u16, peer_port: u16) -> Command {
+        let client_url = format!("{}://127.0.0.1:{client_port}", self.scheme());
+        let peer_url = Self::peer_url(peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster(peer_port))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .args(ETCD_COMMON_FLAGS)
+            .args(&self.extra_args);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd
+    }
+
+    /// `etcdctl endpoint health` against the server on `client_port`.
+    fn healthy_at(&self, client_port: u16) -> bool {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(format!("{}://127.0.0.1:{client_port}", self.scheme()));
+        self.tls_args(&mut c);
+        c.args([
+            "endpoint",
+            "health",
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+        ]);
+        run(&mut c).status.success()
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's TempDir (certificates under `tls/`, log in `etcd.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.svc.as_ref().and_then(|s| s.pid())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.dir.path().join("etcd.log"), lines)
+    }
+
+    /// For a TLS server: `--cacert`, `--cert` and `--key` (etcdctl's and etcd_load.py's flags).
+    fn tls_args(&self, c: &mut Command) {
+        if let Some(t) = &self.tls {
+            c.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client_cert)
+                .arg("--key")
+                .arg(&t.client_key);
+        }
+    }
+
+    /// `etcdctl` with ETCDCTL_API=3, --endpoints and (for TLS) --cacert/--cert/--key.
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint());
+        self.tls_args(&mut c);
+        c
+    }
+
+    /// Loads `count` keys of `value_size` bytes with etcd_load.py (prefix
+    /// /registry/, seed 1). Returns the loader's summary line.
+    pub fn load(&self, count: usize, value_size: usize) -> String {
+        self.load_with(count, value_size, "/registry/", 1)
+    }
+
+    /// [`EtcdServer::load`] with an explicit key prefix and seed.
+    pub fn load_with(&self, count: usize, value_size: usize, prefix: &str, seed: u64) -> String {
+        let mut c = Command::new("python3");
+        c.arg(support_script("etcd_load.py"))
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .arg("--count")
+            .arg(count.to_string())
+            .arg("--value-size")
+            .arg(value_size.to_string())
+            .arg("--prefix")
+            .arg(prefix)
+            .arg("--seed")
+            .arg(seed.to_string());
+        self.tls_args(&mut c);
+        let out = run(&mut c);
+        if !out.status.success() {
+            panic!(
+                "etcd_load.py failed against {}\n{}\n--- etcd log tail ---\n{}",
+                self.endpoint(),
+                describe_output(&out),
+                self.log_tail(20)
+            );
+        }
+        stdout_str(&out).trim().to_string()
+    }
+
+    /// `etcdctl put KEY` with the value on stdin (any bytes).
+    pub fn put(&self, key: &str, value: impl AsRef<[u8]>) {
+        let mut c = self.etcdctl();
+        c.arg("put").arg("--").arg(key); // `--`: keys may start with '-'
+        if value.as_ref().is_empty() {
+            c.arg(""); // etcdctl refuses an empty stdin
+        }
+        let out = run_with_stdin(&mut c, value.as_ref());
+        if !out.status.success() {
+            panic!("etcdctl put {key} failed\n{}", describe_output(&out));
+        }
+    }
+
+    /// Every key and value (`etcdctl get "" --prefix -w json`, base64-decoded).
+    pub fn dump(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut c = self.etcdctl();
+        c.args(["get", "", "--prefix", "-w", "json"]);
+        let out = run_ok(&mut c);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("etcdctl get -w json: bad JSON: {e}"));
+        let mut m = BTreeMap::new();
+        if let Some(kvs) = v.get("kvs").and_then(|k| k.as_array()) {
+            for kv in kvs {
+                let key = B64
+                    .decode(kv["key"].as_str().unwrap_or_default())
+                    .expect("base64 key");
+                let val = match kv.get("value").and_then(|x| x.as_str()) {
+                    Some(s) => B64.decode(s).expect("base64 value"),
+                    None => Vec::new(), // protobuf JSON omits empty values
+                };
+                m.insert(String::from_utf8_lossy(&key).into_owned(), val);
+            }
+        }
+        m
+    }
+
+    /// `etcdctl endpoint status -w json` for this endpoint (first entry's "Status").
+    pub fn status(&self) -> serde_json::Value {
+        let mut c = self.etcdctl();
+        c.args(["endpoint", "status", "-w", "json"]);
+        let out = run_ok(&mut c);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        v.get(0).and_then(|e| e.get("Status")).cloned().unwrap_or(v)
+    }
+
+    /// Current revision (from `endpoint status`).
+    pub fn revision(&self) -> i64 {
+        self.status()["header"]["revision"]
+            .as_i64()
+            .expect("revision in status")
+    }
+
+    /// Database size in bytes (from `endpoint status`).
+    pub fn db_size(&self) -> u64 {
+        self.status()["dbSize"].as_u64().expect("dbSize in status")
+    }
+
+    /// `etcdctl snapshot save OUT` (the reference snapshot to compare against).
+    pub fn snapshot_save(&self, out: &Path) {
+        let mut c = self.etcdctl();
+        c.arg("snapshot").arg("save").arg(out);
+        run_ok(&mut c);
+    }
+
+    /// SIGKILL (idempotent). The data dir is kept until drop.
+    pub fn kill(&mut self) {
+        if let Some(mut s) = self.svc.take() {
+            s.kill();
+        }
+    }
+
+    /// SIGSTOP: etcd stops answering but connections stay open (a hung member).
+    pub fn pause(&self) {
+        if let Some(s) = &self.svc {
+            s.signal("STOP");
+        }
+    }
+
+    /// SIGCONT after [`EtcdServer::pause`].
+    pub fn resume(&self) {
+        if let Some(s) = &self.svc {
+            s.signal("CONT");
+        }
+    }
+
+    /// Kills (if running) and starts again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.boot(false, None);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.svc.as_mut().map(|s| s.is_running()).unwrap_or(false)
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill(); // SIGKILL also ends a paused (SIGSTOPped) etcd
+    }
+}
+
+/// Checks a snapshot the way a restore would (`etcdctl snapshot restore` into a
+/// scratch dir, which verifies the SHA-256 trailer). Err carries etcdctl's output.
+pub fn snapshot_restore_check(snapshot_file: &Path) -> Result<(), String> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new("etcdctl");
+    c.env("ETCDCTL_API", "3")
+        .arg("snapshot")
+        .arg("restore")
+        .arg(snapshot_file)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"));
+    let out = run(&mut c);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(describe_output(&out))
+    }
+}
