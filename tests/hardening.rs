@@ -783,6 +783,17 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     std::fs::create_dir_all(&planted_dir).unwrap();
     let mut copied = manifest_json(&dir, &a);
     copied["id"] = planted.into();
+    // Self-consistent: the artifacts copied too, and the keys rewritten to the planted id
+    // (a manifest whose keys point into another backup is damaged without any signature).
+    for artifact in ["snapshot", "static_resources"] {
+        let key = copied["artifacts"][artifact]["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let name = key.rsplit('/').next().unwrap().to_string();
+        std::fs::copy(a_dir.join(&name), planted_dir.join(&name)).unwrap();
+        copied["artifacts"][artifact]["key"] = format!("test/{planted}/{name}").into();
+    }
     std::fs::write(
         planted_dir.join("manifest.json"),
         serde_json::to_vec_pretty(&copied).unwrap(),
@@ -842,9 +853,19 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
     std::fs::remove_dir_all(&planted_dir).unwrap();
 
     // Planted 2: a genuine id whose manifest now describes other objects (digests rewritten).
+    // Self-consistent: b's snapshot object put in a's place, a's manifest describing it.
     let original = read(&a_dir.join("manifest.json"));
+    let snapshot_object = a_dir.join("snapshot.db.zst.age");
+    let original_snapshot = read(&snapshot_object);
     let mut rewritten = manifest_json(&dir, &a);
+    let a_key = rewritten["artifacts"]["snapshot"]["key"].clone();
     rewritten["artifacts"]["snapshot"] = manifest_json(&dir, &b)["artifacts"]["snapshot"].clone();
+    rewritten["artifacts"]["snapshot"]["key"] = a_key;
+    std::fs::copy(
+        dir.join("test").join(&b).join("snapshot.db.zst.age"),
+        &snapshot_object,
+    )
+    .unwrap();
     std::fs::write(
         a_dir.join("manifest.json"),
         serde_json::to_vec_pretty(&rewritten).unwrap(),
@@ -859,6 +880,7 @@ fn signed_manifests_verify_with_ssh_keygen_and_planted_backups_are_refused() {
         .args(&ids);
     run_code(&mut restore, 3);
     std::fs::write(a_dir.join("manifest.json"), original).unwrap();
+    std::fs::write(&snapshot_object, original_snapshot).unwrap();
     verify(&reader_only, &a, 0);
     // A signature made by stock OpenSSH is accepted too.
     std::fs::remove_file(a_dir.join("manifest.json.sig")).unwrap();
