@@ -86,6 +86,7 @@ stop_pid() {  # stop_pid PID: TERM, wait up to 5 s, then KILL (only processes th
 }
 cleanup() {
   local rc=$?
+  stop_pid "${PROBE_PID:-}"
   stop_pid "$MOTO_PID"
   stop_pid "$ETCD_PID"
   if [ "$KEEP" = 1 ]; then
@@ -163,6 +164,23 @@ cpu_delta() {
   D_OTHER=$(awk -v b="$(sub "$b1" "$b0")" -v c="$3" -v e="$D_ETCD" -v m="$D_MOTO" 'BEGIN{printf "%.2f", b-c-e-m}')
 }
 etcdctl_() { etcdctl --endpoints="$EP" "$@"; }
+# probe_start / probe_stop CASE: 200 small puts per second against etcd during a run;
+# probe_stop records "p50 p99 max" ms of those puts for the case.
+PROBE_PID=""
+probe_start() {
+  python3 "$REPO/scripts/etcd_latency.py" --endpoint "$EP" --rate 200 --max-seconds 900 --out "$W/probe.out" &
+  PROBE_PID=$!
+  sleep 0.5   # its connection is up and a few puts are in before the case starts
+}
+probe_stop() {
+  kill -TERM "$PROBE_PID" 2>/dev/null || true
+  wait "$PROBE_PID" 2>/dev/null || true
+  PROBE_PID=""
+  local n p50 p99 max
+  read -r n p50 p99 max < "$W/probe.out"
+  R_P50[$1]+="$p50 "; R_P99[$1]+="$p99 "; R_PMAX[$1]+="$max "
+  PROBE_LAST="etcd puts: $n, p50 $p50 ms, p99 $p99 ms, max $max ms"
+}
 s3py() {  # s3py get|size|sum-prefix BUCKET KEY [OUT]: boto3 against moto (independent of awscli)
   python3 - "$MOTO_URL" "$@" <<'PY'
 import sys, boto3
@@ -238,7 +256,8 @@ STATIC_R=$(age-keygen -y "$W/static.key")
 KUBE="$W/kubernetes"
 POD="$KUBE/static-pod-resources/kube-apiserver-pod-7"
 mkdir -p "$POD/secrets/encryption-config" "$POD/secrets/serving-cert" "$POD/configmaps/config" "$POD/configmaps/audit"
-head -c 32 /dev/urandom | base64 > "$POD/secrets/encryption-config/encryption-config"
+printf 'kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: %s\n  - identity: {}\n' \
+  "$(head -c 32 /dev/urandom | base64)" > "$POD/secrets/encryption-config/encryption-config"
 head -c 1200 /dev/urandom | base64 -w 64 > "$POD/secrets/serving-cert/tls.crt"
 head -c 1200 /dev/urandom | base64 -w 64 > "$POD/secrets/serving-cert/tls.key"
 python3 - "$POD/configmaps/config/config.yaml" <<'PY'
@@ -277,7 +296,7 @@ start_moto() {
 stop_moto() { stop_pid "$MOTO_PID"; MOTO_PID=""; }
 
 # ------------------------------------------------------------------ etcd-offsite configs
-write_config() {  # write_config FILE TARGET-YAML
+write_config() {  # write_config FILE TARGET-YAML [PRIORITY [THREADS]]
   cat > "$1" <<YAML
 version: 1
 cluster: bench
@@ -287,7 +306,8 @@ source:
   static_resources:
     base_dir: $KUBE
     paths: ["$POD"]
-compression: { level: 3, threads: 0 }
+compression: { level: 3, threads: ${4:-0} }
+priority: ${3:-low}
 encryption:
   snapshot: { recipients: ["$SNAP_R"] }
   static_resources: { recipients: ["$STATIC_R"] }
@@ -297,11 +317,13 @@ YAML
 }
 
 # ------------------------------------------------------------------ results
-declare -A R_WALL R_RSS R_TEMP R_STORED R_CPU R_ECPU R_MCPU R_OCPU CHECK
-CASES=(a b c d)
+declare -A R_WALL R_RSS R_TEMP R_STORED R_CPU R_ECPU R_MCPU R_OCPU R_P50 R_P99 R_PMAX CHECK
+CASES=(a b e f c d)
 declare -A NAME=(
   [a]="a. shell pipeline → directory"
-  [b]="b. etcd-offsite → file://"
+  [b]="b. etcd-offsite → file:// (default: priority low)"
+  [e]="e. etcd-offsite → file://, priority normal"
+  [f]="f. etcd-offsite → file://, gentlest (priority low, 1 zstd thread)"
   [c]="c. shell pipeline → S3 (moto)"
   [d]="d. etcd-offsite → s3:// (moto)"
 )
@@ -331,6 +353,7 @@ run_pipeline() {  # run_pipeline a|c RUN
   local T="$d/tmp" OUT="$d/out" t0 t1 tr0 tr1 cpu0 cpu1 snap zst agesz temp stored rss=0 blocks=0 user=0 steps="" key
   mkdir -p "$T" "$OUT"
   sync
+  probe_start
   cpu0=$(cpu_snap)
   t0=$(now)
   timed "$d/1.time" etcdctl --endpoints="$EP" snapshot save "$T/snap.db" >"$d/etcdctl.log" 2>&1
@@ -358,6 +381,7 @@ run_pipeline() {  # run_pipeline a|c RUN
   fi
   t1=$(now)
   cpu1=$(cpu_snap)
+  probe_stop "$case"
   local n=1
   for name in "${names[@]}"; do
     local f="$d/$n.time" r
@@ -371,9 +395,9 @@ run_pipeline() {  # run_pipeline a|c RUN
   local wall; wall=$(sub "$t1" "$t0")
   cpu_delta "$cpu0" "$cpu1" "$user"
   record "$case" "$wall" $(( rss * 1024 )) "$temp" "$stored" "$user"
-  say_run "$(printf '  %s run %d/%d: wall %s s [%s] | peak RSS %s MB | temp %s B | stored %s MB | cpu: tools %s s, etcd %s s, moto %s s, other processes %s s | fs writes (%%O) %s MB' \
+  say_run "$(printf '  %s run %d/%d: wall %s s [%s] | peak RSS %s MB | temp %s B | stored %s MB | cpu: tools %s s, etcd %s s, moto %s s, other processes %s s | fs writes (%%O) %s MB | %s' \
     "$case" "$i" "$RUNS" "$wall" "$steps" "$(mb $(( rss * 1024 )))" "$(commas "$temp")" "$(mb "$stored")" \
-    "$user" "$D_ETCD" "$D_MOTO" "$D_OTHER" "$(mb $(( blocks * 512 )))")"
+    "$user" "$D_ETCD" "$D_MOTO" "$D_OTHER" "$(mb $(( blocks * 512 )))" "$PROBE_LAST")"
 }
 
 # ---- b/d: etcd-offsite
@@ -384,8 +408,9 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   local case=$1 i=$2 cfg=$3 tdir=${4:-} d="$W/$1/run$2" t0 t1 cpu0 cpu1 out id wall rss blocks user
   local stored target_bytes temp du0=0 du1=0
   mkdir -p "$d"
-  [ "$OBLOCK_OK" = 1 ] || du0=$(du -sb --exclude="$W/$case" --exclude="$W/target-b" --exclude="$W/srv" "$W" | cut -f1)
+  [ "$OBLOCK_OK" = 1 ] || du0=$(du -sb --exclude="$W/$case" --exclude="$W/target-*" --exclude="$W/srv" "$W" | cut -f1)
   sync
+  probe_start
   cpu0=$(cpu_snap)
   t0=$(now)
   # stdout and stderr go to a pipe (command substitution), so %O holds only the files it wrote.
@@ -395,6 +420,7 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   fi
   t1=$(now)
   cpu1=$(cpu_snap)
+  probe_stop "$case"
   printf '%s\n' "$out" > "$d/output.log"
   id=$(printf '%s\n' "$out" | tail -n1)
   [[ "$id" =~ ^[0-9]{8}T[0-9]{6}Z(-[0-9]{2})?$ ]] || die "case $case run $i: no backup id on the last line: $id"
@@ -403,7 +429,7 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   rss=$(( $(tfield "$d/time" 2) * 1024 ))
   blocks=$(tfield "$d/time" 3)
   user=$(awk -v a="$(tfield "$d/time" 4)" -v b="$(tfield "$d/time" 5)" 'BEGIN{printf "%.2f", a+b}')
-  if [ "$case" = b ]; then
+  if [ "$case" != d ]; then
     stored=$(fsize "$tdir/bench/$id/snapshot.db.zst.age")
     target_bytes=$(sum_files_rounded "$tdir/bench/$id")
   else
@@ -413,14 +439,14 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   if [ "$OBLOCK_OK" = 1 ]; then
     temp=$(( blocks * 512 - target_bytes ))
   else
-    du1=$(du -sb --exclude="$W/$case" --exclude="$W/target-b" --exclude="$W/srv" "$W" | cut -f1)
+    du1=$(du -sb --exclude="$W/$case" --exclude="$W/target-*" --exclude="$W/srv" "$W" | cut -f1)
     temp=$(( du1 - du0 ))
   fi
   cpu_delta "$cpu0" "$cpu1" "$user"
   record "$case" "$wall" "$rss" "$temp" "$stored" "$user"
-  say_run "$(printf '  %s run %d/%d: wall %s s | peak RSS %s MB | temp %s B | stored %s MB (backup %s) | cpu: etcd-offsite %s s, etcd %s s, moto %s s, other processes %s s | fs writes (%%O) %s B, files left in target %s B' \
+  say_run "$(printf '  %s run %d/%d: wall %s s | peak RSS %s MB | temp %s B | stored %s MB (backup %s) | cpu: etcd-offsite %s s, etcd %s s, moto %s s, other processes %s s | fs writes (%%O) %s B, files left in target %s B | %s' \
     "$case" "$i" "$RUNS" "$wall" "$(mb "$rss")" "$(commas "$temp")" "$(mb "$stored")" "$id" \
-    "$user" "$D_ETCD" "$D_MOTO" "$D_OTHER" "$(commas $(( blocks * 512 )))" "$(commas "$target_bytes")")"
+    "$user" "$D_ETCD" "$D_MOTO" "$D_OTHER" "$(commas $(( blocks * 512 )))" "$(commas "$target_bytes")" "$PROBE_LAST")"
 }
 
 check_static() {  # check_static CASE FILE: the keys archive opens with the static key only
@@ -430,6 +456,11 @@ check_static() {  # check_static CASE FILE: the keys archive opens with the stat
   CHECK[$1]+="; static tar: $n members, opens with the static key only"
 }
 
+
+# ---- etcd at rest: the same puts with nothing else running
+log "idle: etcd put latency for 10 s with nothing else running"
+probe_start; sleep 10; probe_stop idle
+IDLE_LATENCY=$PROBE_LAST
 
 # ---- a
 log "case a: shell pipeline → directory, $RUNS runs"
@@ -449,6 +480,15 @@ check_artifact b "$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
 check_static b "$TARGET_B/bench/$ID_B/static_kuberesources.tar.zst.age"
 STATIC_STORED=$(fsize "$TARGET_B/bench/$ID_B/static_kuberesources.tar.zst.age")
 MANIFEST_BYTES=$(fsize "$TARGET_B/bench/$ID_B/manifest.json")
+
+# ---- e, f: the same target kind at other priority settings
+for c in e f; do
+  mkdir -p "$W/target-$c"
+  if [ "$c" = e ]; then prio=normal; threads=0; else prio=low; threads=1; fi
+  write_config "$W/config-$c.yaml" "  snapshot: { url: \"file://$W/target-$c\" }" "$prio" "$threads"
+  log "case $c: ${NAME[$c]}, $RUNS runs"
+  for i in $(seq "$RUNS"); do run_offsite "$c" "$i" "$W/config-$c.yaml" "$W/target-$c"; done
+done
 
 # ---- reading back case b's last backup: r (stock), s (restore), v (deep verify), x (drill)
 declare -A B_WALL B_RSS B_SELF
@@ -540,15 +580,22 @@ MEM_GB=$(awk '/^MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo)
 echo
 echo "## etcd-offsite benchmark (runs per case: $RUNS; each column is the median over the runs)"
 echo
-echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | temp bytes written | stored MB |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | temp bytes written | stored MB | etcd put p50 / p99 / max ms |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+# shellcheck disable=SC2086
+printf '| idle (no backup) | | | | | | %.1f / %.1f / %.1f |\n' "$(median ${R_P50[idle]})" "$(median ${R_P99[idle]})" "$(median ${R_PMAX[idle]})"
 for c in "${CASES[@]}"; do
   # shellcheck disable=SC2086
   w=$(median ${R_WALL[$c]}); r=$(median ${R_RSS[$c]}); t=$(median ${R_TEMP[$c]}); s=$(median ${R_STORED[$c]})
-  printf '| %s | %.2f | %.1f | %.1f | %s | %.1f |\n' "${NAME[$c]}" "$w" \
+  # shellcheck disable=SC2086
+  printf '| %s | %.2f | %.1f | %.1f | %s | %.1f | %.1f / %.1f / %.1f |\n' "${NAME[$c]}" "$w" \
     "$(awk -v b="$DB_BYTES" -v w="$w" 'BEGIN{print b/1e6/w}')" "$(awk -v r="$r" 'BEGIN{print r/1e6}')" \
-    "$(commas "$(printf '%.0f' "$t")")" "$(awk -v s="$s" 'BEGIN{print s/1e6}')"
+    "$(commas "$(printf '%.0f' "$t")")" "$(awk -v s="$s" 'BEGIN{print s/1e6}')" \
+    "$(median ${R_P50[$c]})" "$(median ${R_P99[$c]})" "$(median ${R_PMAX[$c]})"
 done
+echo
+echo "etcd put latency: 200 puts/s of ~100 B through etcd's JSON gateway during each run (scripts/etcd_latency.py;"
+echo "each put timed from sending to etcd's answer; idle: $IDLE_LATENCY). Medians over the runs of each percentile."
 echo
 echo "Reading back case b's last backup ($(commas "$DB_BYTES") byte snapshot) from its file:// target (median of $RUNS runs):"
 echo

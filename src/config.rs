@@ -19,6 +19,8 @@ pub struct Config {
     pub source: SnapshotSource,
     pub static_resources: Option<StaticResources>,
     pub compression: Compression,
+    /// CPU and I/O priority of backups (`backup`, `run`) next to etcd on the same host.
+    pub priority: Priority,
     pub encryption: Encryption,
     pub targets: Targets,
     pub retention: Option<RetentionPolicy>,
@@ -123,6 +125,18 @@ impl Default for Compression {
     }
 }
 
+/// How backups share a control-plane host with etcd and the API server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// nice 10 and the lowest best-effort I/O priority: etcd and the API server get the
+    /// CPU and the disk first, the backup takes what is left (a little longer).
+    #[default]
+    Low,
+    /// The scheduler's defaults: as fast as the host allows.
+    Normal,
+}
+
 /// Recipients per artifact; the static resources' must differ from the snapshot's.
 #[derive(Debug, Clone)]
 pub struct Encryption {
@@ -210,6 +224,8 @@ struct RawConfig {
     source: RawSource,
     #[serde(default)]
     compression: Compression,
+    #[serde(default)]
+    priority: Priority,
     encryption: RawEncryption,
     targets: RawTargets,
     retention: Option<RetentionPolicy>,
@@ -480,6 +496,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         source,
         static_resources,
         compression: raw.compression,
+        priority: raw.priority,
         encryption: Encryption {
             snapshot: snapshot_recipients,
             static_resources: static_recipients,

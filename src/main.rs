@@ -8,6 +8,7 @@ mod error;
 mod kube_encryption;
 mod manifest;
 mod pipeline;
+mod priority;
 mod retention;
 mod signing;
 mod source;

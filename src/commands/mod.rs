@@ -88,6 +88,10 @@ async fn write_metrics(
 }
 
 async fn dispatch(cli: &Cli, config: &Config) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::Backup(_) | Command::Run(_)) {
+        // Restores, verifies and drills are recovery work: they run at full speed.
+        crate::priority::apply(config.priority);
+    }
     match &cli.command {
         Command::Backup(args) => backup::run(config, args).await,
         Command::List(args) => list::run(config, args).await,

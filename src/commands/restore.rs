@@ -192,7 +192,8 @@ async fn restore_artifact(
         Some(identity),
         etcd_trailer,
         move |reader| {
-            let out = BufWriter::new(file);
+            // Large sequential writes: the snapshot is the recovery's critical path.
+            let out = BufWriter::with_capacity(1 << 20, file);
             let (out, archive) = if keys_archive {
                 // gzip, as cluster-backup.sh writes it; the tar is read through on the way.
                 let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());

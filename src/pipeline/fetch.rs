@@ -219,35 +219,127 @@ fn drain(stored: &mut impl Read, key: &str) -> anyhow::Result<()> {
     }
 }
 
-fn decode<T>(
-    stored: &mut dyn Read,
+/// Decrypted (still compressed) bytes handed from the decrypting thread to the
+/// decompressing one at a time; [`DECODE_QUEUE`] of them may wait.
+const DECODE_CHUNK: usize = 1024 * 1024;
+const DECODE_QUEUE: usize = 4;
+
+/// Decrypts and decompresses in two threads (reading, the stored digest and age on one;
+/// zstd, the plaintext digest and `consume` on the other), so a restore runs at the speed
+/// of its slowest stage instead of the sum of all: on par with `age -d | zstd -d`.
+fn decode<R, T>(
+    stored: &mut R,
     identity: &age::x25519::Identity,
     etcd_trailer: bool,
     consume: impl FnOnce(&mut dyn Read) -> io::Result<T>,
-) -> anyhow::Result<(T, Digest)> {
+) -> anyhow::Result<(T, Digest)>
+where
+    R: Read + Send,
+{
     let integrity = |what: &str, e: &dyn std::fmt::Display| {
         anyhow::Error::new(IntegrityError(format!("{what}: {e}")))
     };
-    let decryptor = age::Decryptor::new_buffered(BufReader::new(stored))
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(DECODE_CHUNK, stored))
         .map_err(|e| integrity("not a readable age file", &e))?;
-    let plaintext = decryptor
+    let mut decrypted = decryptor
         .decrypt(std::iter::once(identity as &dyn age::Identity))
         .map_err(|e| integrity("age decryption failed", &e))?;
-    let decompressed = zstd::stream::read::Decoder::new(plaintext)
-        .map_err(|e| integrity("zstd decoder failed", &e))?;
-    let mut plain = FlaggingReader::new(HashingReader {
-        inner: decompressed,
-        hasher: Hasher::new(etcd_trailer),
-    });
-    let consumed = consume(&mut plain);
-    if let Some(e) = plain.failed.take() {
-        return Err(integrity("decrypting and decompressing failed", &e));
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(DECODE_QUEUE);
+        scope.spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; DECODE_CHUNK];
+                let filled = fill(&mut decrypted, &mut chunk);
+                let done = match &filled {
+                    Ok(n) => *n < DECODE_CHUNK,
+                    Err(_) => true,
+                };
+                let message = filled.map(|n| {
+                    chunk.truncate(n);
+                    chunk
+                });
+                // A closed channel means the other side stopped: so does this one.
+                if tx.send(message).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let decompressed = zstd::stream::read::Decoder::new(ChannelReader::new(rx))
+            .map_err(|e| integrity("zstd decoder failed", &e))?;
+        let mut plain = FlaggingReader::new(HashingReader {
+            inner: decompressed,
+            hasher: Hasher::new(etcd_trailer),
+        });
+        let consumed = consume(&mut plain);
+        if let Some(e) = plain.failed.take() {
+            return Err(integrity("decrypting and decompressing failed", &e));
+        }
+        // The consumer's own failure (e.g. a full disk while restoring).
+        let contents = consumed?;
+        io::copy(&mut plain, &mut io::sink())
+            .map_err(|e| integrity("decrypting and decompressing failed", &e))?;
+        Ok((contents, plain.inner.hasher.finish()?))
+    })
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    // The consumer's own failure (e.g. a full disk while restoring).
-    let contents = consumed?;
-    io::copy(&mut plain, &mut io::sink())
-        .map_err(|e| integrity("decrypting and decompressing failed", &e))?;
-    Ok((contents, plain.inner.hasher.finish()?))
+    Ok(filled)
+}
+
+/// The receiving end of the decode stages as a reader.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        Self {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.ended = chunk.len() < DECODE_CHUNK;
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => {
+                    self.ended = true;
+                    return Err(e);
+                }
+                // The sender stops only after an end or an error it has sent.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn compare(key: &str, what: &str, expected: &Digest, actual: Digest) -> Result<(), IntegrityError> {
