@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: a throwaway local etcd with sample data, two age keys (snapshot and
-# static resources), a backup to a local directory target, then list, verify and restore.
+# static resources), a backup to a local directory target, then list, verify, restore,
+# and a restore drill into a throwaway etcd.
 #   bash scripts/quickstart.sh          (work dir: ${QUICKSTART_DIR:-/tmp/etcd-offsite-quickstart})
 # Idempotent: every run starts from a clean work dir and stops its etcd on exit.
 set -euo pipefail
@@ -69,5 +70,9 @@ ETCDCTL_API=3 etcdctl snapshot status -w table "$WORK"/restore/snapshot_*.db
 tar tzf "$WORK"/restore/static_kuberesources_*.tar.gz
 # Stock tools read every artifact:
 age -d -i "$WORK/snapshot.key" "$WORK"/backups/quickstart/*/snapshot.db.zst.age | zstd -d | wc -c
+# Proof it restores: a throwaway etcd started from the backup, key counts checked.
+mkdir -p "$WORK/scratch"
+"$BIN" drill --latest --scratch-dir "$WORK/scratch" --identity "$WORK/snapshot.key" --identity "$WORK/static.key"
+"$BIN" status --max-age 1h --max-drill-age 1h
 set +x
 echo "quickstart finished: work dir $WORK" >&2
