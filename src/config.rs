@@ -323,8 +323,8 @@ pub fn load(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = match e.path().to_string() {
-            p if p == "." => "(top level)".to_string(),
+        let key = match key_path(e.path()) {
+            p if p.is_empty() => "(top level)".to_string(),
             p if looks_secret(&p) => "(a key that looks like a secret key)".to_string(),
             p => p,
         };
@@ -332,6 +332,29 @@ pub fn parse(text: &str, purpose: Purpose) -> Result<Config, ConfigError> {
         ConfigError::new(key, problem)
     })?;
     resolve(raw, purpose == Purpose::TakeBackups)
+}
+
+/// The key path of a YAML error (`source.etcd.endpoints[0]`), with an empty key (`"": x`,
+/// or a bare `?`) shown as `""` so that the message still points somewhere.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        let name = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } if key.is_empty() => "\"\"",
+            Segment::Map { key } | Segment::Enum { variant: key } => key.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(name);
+    }
+    out
 }
 
 /// Validates the raw config; `check_files` also checks the source's files on this host.
@@ -1096,6 +1119,17 @@ mod tests {
         assert_eq!(err_key(&text), "clustr");
         let text = snapshot_only().replace("    endpoints", "    endpont: x\n    endpoints");
         assert_eq!(err_key(&text), "source.etcd.endpont");
+    }
+
+    #[test]
+    fn an_empty_key_is_named() {
+        let text = snapshot_only().replace("cluster: prod-east", "cluster: prod-east\n\"\": x");
+        assert_eq!(err_key(&text), "\"\"");
+        assert_eq!(err_key("?"), "\"\"");
+        let text = snapshot_only().replace("    endpoints", "    \"\": 1\n    endpoints");
+        assert_eq!(err_key(&text), "source.etcd.\"\"");
+        let text = snapshot_only().replace("[\"http://127.0.0.1:2379\"]", "[{ a: 1 }]");
+        assert_eq!(err_key(&text), "source.etcd.endpoints[0]");
     }
 
     #[test]
