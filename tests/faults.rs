@@ -317,10 +317,12 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
     let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
     let mut figures = Figures::new("etcd-member-kill");
     let mut failed_over = 0usize;
+    let (mut leader_kills, mut leader_failovers) = (0usize, 0usize);
     let cases = 3 * scale();
     for case in 0..cases {
-        // Each member serves in turn (the first endpoint listed); one of them leads.
-        let serving = case % cluster.member_count();
+        // Each member serves in turn (the first endpoint listed), the leader first.
+        let leader = cluster.leader().expect("the cluster has a leader");
+        let serving = (leader + case) % cluster.member_count();
         let endpoints: Vec<String> = (0..cluster.member_count())
             .map(|k| cluster.endpoint((serving + k) % cluster.member_count()))
             .collect();
@@ -352,7 +354,12 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
         let code = exit_code(&out);
         let new = new_complete(&fx, &config, &before);
         eprintln!(
-            "etcd-member-kill case {case}: killed m{serving} ({killed}) {}: exit {code} {}",
+            "etcd-member-kill case {case}: killed m{serving} ({killed}{}) {}: exit {code} {}",
+            if serving == leader {
+                ", the leader"
+            } else {
+                ""
+            },
             if still_running {
                 "mid-stream"
             } else {
@@ -361,6 +368,9 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
             last_error(&out)
         );
         figures.tried += 1;
+        if serving == leader && still_running {
+            leader_kills += 1;
+        }
         match code {
             0 => {
                 let id = last_line(&out);
@@ -371,6 +381,9 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
                 let endpoint = manifest["source"]["endpoint"].as_str().unwrap_or_default();
                 if endpoint != killed {
                     failed_over += 1;
+                }
+                if serving == leader && still_running && endpoint != killed {
+                    leader_failovers += 1;
                 }
                 match restores_with_etcdctl(&fx, &config, &id) {
                     Ok(()) if new == [id.clone()] => figures.survived += 1,
@@ -414,7 +427,14 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
                 .push(format!("verify --all: {}", describe_output(&out)));
         }
     }
-    figures.report(&format!(" failed_over={failed_over}"));
+    figures.report(&format!(
+        " failed_over={failed_over} leader_kills={leader_kills} leader_failovers={leader_failovers}"
+    ));
+    // The others elect a new leader within a second or two: a killed leader is survived.
+    assert_eq!(
+        leader_failovers, leader_kills,
+        "every backup whose serving leader was killed mid-stream fails over"
+    );
 }
 
 /// A reader's config for the snapshot target `targets` (no live source needed).

@@ -671,6 +671,26 @@ impl EtcdCluster {
         run(&mut c).status.success()
     }
 
+    /// The member that leads the cluster now (`endpoint status`: member id = leader id).
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.member_count()).find(|&i| {
+            let mut c = self.etcdctl(i);
+            c.args([
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+                "--command-timeout",
+                "2s",
+            ]);
+            let out = run(&mut c);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let status = &v[0]["Status"];
+            let member = status["header"]["member_id"].as_u64();
+            member.is_some() && member == status["leader"].as_u64()
+        })
+    }
+
     /// SIGKILL of member `i` (idempotent).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut s) = self.members[i].take() {
