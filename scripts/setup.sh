@@ -26,7 +26,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- apt
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client)
+# mount (util-linux): the fault suite mounts a small tmpfs for its full-disk case.
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -57,7 +58,7 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
 

@@ -25,6 +25,20 @@ fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a scratch directory for a test")
 }
 
+/// Cases per property test: 256, times the fault suite's `ETCD_OFFSITE_FAULTS_LONG` (1: 5
+/// times, a number N > 1: N times) for the long version.
+#[cfg(test)]
+fn property_cases() -> u32 {
+    let scale = match std::env::var("ETCD_OFFSITE_FAULTS_LONG")
+        .unwrap_or_default()
+        .trim()
+    {
+        "" | "0" | "false" | "no" => 1,
+        other => other.parse::<u32>().ok().filter(|n| *n > 1).unwrap_or(5),
+    };
+    256 * scale
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_format, cli.verbose, cli.quiet);

@@ -328,4 +328,258 @@ mod tests {
             assert!(m.validate("c", "20261123T104649Z").is_err(), "{bad}");
         }
     }
+
+    /// Property tests: whatever a store hands back, parsing and checking it never panics,
+    /// and what this version writes it reads back unchanged.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: crate::property_cases(),
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Every reader's path over an untrusted manifest: parse, check, then use.
+        fn read_untrusted(bytes: &[u8], cluster: &str, id: &str) {
+            if let Ok(m) = Manifest::from_json(bytes)
+                && m.validate(cluster, id).is_ok()
+            {
+                let _ = m.restore_timestamp();
+                let _ = m.stored_size();
+                let _ = m.to_json();
+            }
+        }
+
+        /// A JSON value of any shape, a few levels deep.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+                prop_oneof![
+                    Just("../../etc/passwd"),
+                    Just("c/20261123T104649Z/snapshot.db.zst.age"),
+                    Just("2026-11-23_104649"),
+                    Just("20261123T104649Z"),
+                    Just("2026-11-23T10:46:49Z"),
+                    Just("00"),
+                ]
+                .prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// One change to a JSON document: the value at a (wrapped) path index is replaced
+        /// or removed.
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Replace(usize, serde_json::Value),
+            Remove(usize),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                (any::<usize>(), json_value()).prop_map(|(i, v)| Edit::Replace(i, v)),
+                any::<usize>().prop_map(Edit::Remove),
+            ]
+        }
+
+        /// Every (object key path) in a document, depth first.
+        fn paths(v: &serde_json::Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            if let serde_json::Value::Object(map) = v {
+                for (k, child) in map {
+                    prefix.push(k.clone());
+                    out.push(prefix.clone());
+                    paths(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+        }
+
+        fn apply(doc: &mut serde_json::Value, edit: &Edit) {
+            let mut all = Vec::new();
+            paths(doc, &mut Vec::new(), &mut all);
+            let index = match edit {
+                Edit::Replace(i, _) | Edit::Remove(i) => *i,
+            };
+            let Some(path) = all.get(index % all.len().max(1)) else {
+                return;
+            };
+            let (last, parents) = path.split_last().expect("paths are not empty");
+            let mut node = &mut *doc;
+            for key in parents {
+                node = &mut node[key.as_str()];
+            }
+            if let serde_json::Value::Object(map) = node {
+                match edit {
+                    Edit::Replace(_, value) => {
+                        map.insert(last.clone(), value.clone());
+                    }
+                    Edit::Remove(_) => {
+                        map.remove(last);
+                    }
+                }
+            }
+        }
+
+        prop_compose! {
+            fn digest()(size in 0u64..=MAX_ARTIFACT_SIZE, sha256 in any::<[u8; 32]>()) -> Digest {
+                Digest { size, sha256 }
+            }
+        }
+
+        prop_compose! {
+            fn artifact(key: String)(
+                target in "[a-z]{2,5}://[a-z0-9./-]{0,20}",
+                plaintext in digest(),
+                stored in digest(),
+                level in 1i32..=19,
+                recipients in prop::collection::vec("age1[a-z0-9]{10,58}", 0..3),
+            ) -> Artifact {
+                Artifact {
+                    target,
+                    key: key.clone(),
+                    plaintext,
+                    stored,
+                    compression: CompressionInfo { algorithm: "zstd".into(), level },
+                    encryption: EncryptionInfo { algorithm: "age".into(), recipients },
+                }
+            }
+        }
+
+        /// A manifest as `backup` writes it, with arbitrary contents in every free field.
+        fn any_manifest() -> impl Strategy<Value = Manifest> {
+            let times = (0i64..4_000_000_000, 0u32..1_000_000_000, 0i64..100_000);
+            let source = prop_oneof![
+                (
+                    any::<String>(),
+                    "[0-9a-f]{1,16}",
+                    any::<String>(),
+                    any::<i64>(),
+                    any::<u64>()
+                )
+                    .prop_map(
+                        |(endpoint, member_id, etcd_version, revision, db_size)| {
+                            SourceInfo::Etcd {
+                                endpoint,
+                                member_id,
+                                etcd_version,
+                                revision,
+                                db_size,
+                            }
+                        }
+                    ),
+                (any::<String>(), any::<String>()).prop_map(|(snapshot_file, static_file)| {
+                    SourceInfo::BackupDir {
+                        timestamp: "2026-11-23_104649".into(),
+                        snapshot_file,
+                        static_file,
+                    }
+                }),
+            ];
+            (
+                "[a-z0-9][a-z0-9._-]{0,20}",
+                times,
+                source,
+                (
+                    proptest::option::of(any::<String>()),
+                    any::<bool>(),
+                    prop::collection::vec(any::<String>(), 0..3),
+                    prop::collection::btree_map(any::<String>(), any::<String>(), 0..3),
+                ),
+                any::<String>(),
+            )
+                .prop_flat_map(
+                    |(cluster, (secs, nanos, took), source, extra, host)| {
+                        let started_at = DateTime::from_timestamp(secs, nanos).expect("in range");
+                        let id = crate::store::layout::backup_id(started_at, 0);
+                        let snapshot = artifact(format!("{cluster}/{id}/snapshot.db.zst.age"));
+                        let keys = proptest::option::of(artifact(format!(
+                            "{cluster}/{id}/static_kuberesources.tar.zst.age"
+                        )));
+                        (snapshot, keys).prop_map(move |(snapshot, static_resources)| {
+                            let (platform_version, dirty, dirty_reasons, labels) = extra.clone();
+                            Manifest {
+                                format_version: FORMAT_VERSION,
+                                id: id.clone(),
+                                cluster: cluster.clone(),
+                                started_at,
+                                finished_at: started_at + chrono::TimeDelta::seconds(took),
+                                tool_version: env!("CARGO_PKG_VERSION").into(),
+                                host: host.clone(),
+                                source: source.clone(),
+                                platform_version,
+                                upgrade: None,
+                                dirty,
+                                dirty_reasons,
+                                labels,
+                                content: None,
+                                artifacts: Artifacts {
+                                    snapshot,
+                                    static_resources,
+                                },
+                            }
+                        })
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                read_untrusted(&bytes, "c", "20261123T104649Z");
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(value in json_value()) {
+                read_untrusted(value.to_string().as_bytes(), "c", "20261123T104649Z");
+            }
+
+            #[test]
+            fn a_written_manifest_reads_back_unchanged_and_validates(m in any_manifest()) {
+                let json = m.to_json();
+                let back = Manifest::from_json(json.as_bytes()).expect("reads back");
+                prop_assert_eq!(&back, &m);
+                prop_assert_eq!(back.validate(&m.cluster, &m.id), Ok(()));
+            }
+
+            #[test]
+            fn mutated_manifests_never_panic(
+                m in any_manifest(),
+                edits in prop::collection::vec(edit(), 1..4),
+                cut in any::<prop::sample::Index>(),
+                flip in any::<prop::sample::Index>(),
+            ) {
+                let mut doc: serde_json::Value =
+                    serde_json::from_str(&m.to_json()).expect("a manifest is JSON");
+                for e in &edits {
+                    apply(&mut doc, e);
+                }
+                let bytes = serde_json::to_vec(&doc).expect("JSON");
+                read_untrusted(&bytes, &m.cluster, &m.id);
+                // Truncated at any byte, and with any byte flipped.
+                let json = m.to_json().into_bytes();
+                read_untrusted(&json[..cut.index(json.len() + 1)], &m.cluster, &m.id);
+                let mut flipped = json.clone();
+                let at = flip.index(flipped.len());
+                flipped[at] ^= 0x41;
+                read_untrusted(&flipped, &m.cluster, &m.id);
+            }
+        }
+    }
 }

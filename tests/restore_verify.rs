@@ -952,3 +952,42 @@ fn restore_refuses_without_keys_and_never_overwrites() {
     assert_eq!(read(&other.join(&static_name)), b"precious");
     assert_eq!(names_in(&other), std::slice::from_ref(&static_name));
 }
+
+/// An id that cannot be a backup id is a usage error (exit 2) for every command that takes
+/// one, not a damaged backup (exit 3), and never reaches outside the target.
+#[test]
+fn a_malformed_backup_id_is_a_usage_error() {
+    let fx = Fixture::new();
+    let (_, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source(&["http://127.0.0.1:1".to_string()], None),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    for id in ["../../etc", "20260101", "20260101T000000Z-1", "latest"] {
+        let to = fx.path("restored");
+        let runs = [
+            fx.cmd(&config).args(["verify", id]).output(),
+            fx.cmd(&config)
+                .args(["restore", id, "--to"])
+                .arg(&to)
+                .args(fx.identity_args())
+                .output(),
+            fx.cmd(&config)
+                .args(["drill", id])
+                .args(fx.identity_args())
+                .output(),
+        ];
+        for out in runs {
+            let out = out.expect("run the tool");
+            assert_eq!(exit_code(&out), 2, "{id}: {}", describe_output(&out));
+            assert!(
+                stderr_str(&out).contains("is not a backup id"),
+                "{id}: {}",
+                describe_output(&out)
+            );
+        }
+        assert!(!to.exists(), "{id}: nothing restored");
+    }
+}

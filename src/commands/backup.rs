@@ -452,10 +452,27 @@ async fn ship_etcd_snapshot(
                         "snapshot from {endpoint} failed and no other endpoint is left"
                     )));
                 }
-                let (next, next_member) = first_healthy(etcd, index + 1).await?;
+                let (next, next_member) = next_healthy(etcd, index + 1).await?;
                 index = next;
                 member = next_member;
             }
+        }
+    }
+}
+
+/// [`first_healthy`] for a failover: when the member that died was the leader, the others
+/// know no leader until they have elected one (a second or two), so they are asked again
+/// for up to `timeout` before the backup gives up.
+async fn next_healthy(etcd: &EtcdSource, start: usize) -> anyhow::Result<(usize, EtcdMember)> {
+    let deadline = tokio::time::Instant::now() + etcd.timeout;
+    loop {
+        match first_healthy(etcd, start).await {
+            Ok(found) => return Ok(found),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %format!("{e:#}"), "no other member is usable yet (a leader election?); asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }

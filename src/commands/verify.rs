@@ -14,7 +14,7 @@ use crate::manifest::Manifest;
 use crate::pipeline::{FetchError, Identities, fetch};
 use crate::source::static_resources::check_archive;
 use crate::store::catalog::{self, BackupEntry, ManifestProblem, list_backups, read_manifest};
-use crate::store::layout::MANIFEST_OBJECT;
+use crate::store::layout::{MANIFEST_OBJECT, id_time};
 
 #[derive(Debug, Serialize)]
 struct BackupReport {
@@ -188,6 +188,13 @@ pub async fn select(
     targets: &Targets,
     id: Option<&str>,
 ) -> anyhow::Result<Manifest> {
+    // A name that cannot be a backup id is a typo on the command line, not a damaged backup.
+    if let Some(id) = id.filter(|id| id_time(id).is_none()) {
+        return Err(UsageError(format!(
+            "{id:?} is not a backup id (YYYYMMDDTHHMMSSZ, with -NN for a second backup in the same second); run `etcd-offsite list`"
+        ))
+        .into());
+    }
     match id {
         Some(id) => match read_manifest(&targets.snapshot, &config.cluster, id).await {
             Ok(m) => Ok(m),

@@ -116,6 +116,8 @@ pub async fn claim_id(
 pub enum CommitError {
     /// Another run's manifest is there.
     Taken(anyhow::Error),
+    /// The write failed and the store says the manifest is not there: not committed.
+    Failed(anyhow::Error),
     /// The write failed or was retried, and the stored state could not be read back.
     Unknown(anyhow::Error),
 }
@@ -123,29 +125,31 @@ pub enum CommitError {
 impl CommitError {
     pub fn into_inner(self) -> anyhow::Error {
         match self {
-            Self::Taken(e) | Self::Unknown(e) => e,
+            Self::Taken(e) | Self::Failed(e) | Self::Unknown(e) => e,
         }
     }
 }
 
 /// Writes a manifest create-only. When the outcome is unclear (an error after the request
-/// was sent, or "exists" after a retried request), the stored manifest is read back and an
-/// identical one counts as written.
+/// was sent, or "exists" after a retried request), the stored manifest is read back: an
+/// identical one counts as written, none at all as not written (a full disk, a refused
+/// write), and only a read that fails too leaves the outcome unknown.
 pub async fn commit(target: &Target, key: &str, body: Bytes) -> Result<(), CommitError> {
     let written = target.create(key, body.clone()).await;
     if matches!(written, Ok(true)) {
         return Ok(());
     }
     let location = format!("{}/{key}", target.url());
-    match target.read(key).await {
-        Ok(stored) if stored == body => Ok(()),
-        Ok(_) => Err(CommitError::Taken(anyhow!(
+    match (target.read(key).await, written) {
+        (Ok(stored), _) if stored == body => Ok(()),
+        (Ok(_), _) => Err(CommitError::Taken(anyhow!(
             "{location} already exists: another run wrote this backup id; nothing was overwritten"
         ))),
-        Err(read) => Err(CommitError::Unknown(match written {
-            Err(e) => anyhow::Error::from(e),
-            _ => anyhow::Error::from(read),
-        })),
+        (Err(read), Err(e)) if read.kind == StoreErrorKind::NotFound => {
+            Err(CommitError::Failed(e.into()))
+        }
+        (Err(_), Err(e)) => Err(CommitError::Unknown(e.into())),
+        (Err(read), Ok(_)) => Err(CommitError::Unknown(read.into())),
     }
 }
 
@@ -332,7 +336,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commit_outcomes_are_committed_taken_or_unknown() {
+    async fn commit_outcomes_are_committed_taken_failed_or_unknown() {
         let store = FaultyStore::new();
         let target = store.target("mem://t");
         commit(&target, "c/1/manifest.json", Bytes::from("a"))
@@ -362,6 +366,13 @@ mod tests {
             commit(&target, "c/4/manifest.json", Bytes::from("z")).await,
             Err(CommitError::Unknown(_))
         ));
+        // A write that failed (a full disk) and a manifest that is not there: not committed.
+        store.inject(Op::Put, 1, Fault::Fail);
+        assert!(matches!(
+            commit(&target, "c/5/manifest.json", Bytes::from("w")).await,
+            Err(CommitError::Failed(_))
+        ));
+        assert!(store.keys().await.iter().all(|k| !k.starts_with("c/5/")));
     }
 
     async fn split_backup(store: &FaultyStore) -> (Targets, Vec<StoredObject>, Vec<StoredObject>) {

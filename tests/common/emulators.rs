@@ -155,7 +155,7 @@ macro_rules! service_controls {
     )+};
 }
 
-service_controls!(Moto, GcsFront, Azurite, CountingProxy);
+service_controls!(Moto, GcsFront, Azurite, CountingProxy, FaultProxy);
 
 // ------------------------------------------------------------------ GCS front
 
@@ -404,5 +404,74 @@ impl CountingProxy {
         fs::read_to_string(&self.log)
             .map(|s| s.lines().map(str::to_string).collect())
             .unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------------ fault-injecting front
+
+/// Loopback reverse proxy (tests/support/fault_proxy.py) in front of a [`Moto`]: a seeded
+/// share of requests gets a 500, a 503, a connection reset (before forwarding, or after
+/// the request landed upstream), a truncated answer or a delay. Point a target's
+/// `aws_endpoint` at [`FaultProxy::endpoint`]. It starts with no faults.
+pub struct FaultProxy {
+    svc: Service,
+    port: u16,
+    dir: TempDir,
+}
+
+/// Every fault kind fault_proxy.py knows.
+pub const FAULT_KINDS: &[&str] = &["500", "503", "reset", "lost", "truncate", "delay"];
+
+impl FaultProxy {
+    pub fn start(moto: &Moto) -> FaultProxy {
+        let dir = tempfile::Builder::new()
+            .prefix("fault-proxy-")
+            .tempdir()
+            .expect("tempdir");
+        let req_log = dir.path().join("requests.log");
+        let upstream = moto.endpoint();
+        let (svc, port) = start_script("fault_proxy", dir.path(), "fault_proxy.log", |port| {
+            let mut c = Command::new("python3");
+            c.arg(support_script("fault_proxy.py"))
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--upstream")
+                .arg(&upstream)
+                .arg("--log")
+                .arg(&req_log);
+            c
+        });
+        FaultProxy { svc, port, dir }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// New settings: from now on a share `rate` of requests gets one of `kinds`, drawn
+    /// from `seed`; the counters start again from zero.
+    pub fn set(&self, seed: u64, rate: f64, kinds: &[&str]) {
+        let body = serde_json::json!({ "seed": seed, "rate": rate, "kinds": kinds });
+        let r = http(
+            "POST",
+            &format!("{}/__faults__", self.endpoint()),
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "fault_proxy control: {}", r.text());
+    }
+
+    /// Requests and injected faults since the last [`FaultProxy::set`]:
+    /// `{"requests": n, "injected": {"500": n, ...}}`.
+    pub fn counters(&self) -> serde_json::Value {
+        let r = http("GET", &format!("{}/__faults__", self.endpoint()), &[], b"");
+        assert_eq!(r.status, 200, "fault_proxy control: {}", r.text());
+        serde_json::from_slice(&r.body).expect("fault_proxy counters JSON")
+    }
+
+    /// The last lines of the per-request log (`<fault or ok> METHOD /path`).
+    pub fn requests_tail(&self, lines: usize) -> String {
+        tail(&self.dir.path().join("requests.log"), lines)
     }
 }

@@ -523,3 +523,227 @@ pub fn snapshot_restore_check(snapshot_file: &Path) -> Result<(), String> {
         Err(describe_output(&out))
     }
 }
+
+// ------------------------------------------------------------------ a 3-member cluster
+
+/// An etcd cluster of `n` plain members on loopback (`m0`, `m1`, ...), one TempDir with a
+/// data dir and a log per member; every member SIGKILLed on drop.
+pub struct EtcdCluster {
+    members: Vec<Option<Service>>,
+    /// (client port, peer port) per member.
+    ports: Vec<(u16, u16)>,
+    dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members together (each waits for its peers) and waits until every one
+    /// answers `endpoint health`. Port clashes start the whole cluster again on new ports.
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let mut cluster = EtcdCluster {
+            members: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        for attempt in 1..=3 {
+            cluster.ports = (0..n).map(|_| (free_port(), free_port())).collect();
+            cluster.members = (0..n).map(|i| Some(cluster.spawn(i))).collect();
+            let ready = wait_until(Duration::from_secs(40), || {
+                (0..n).all(|i| cluster.healthy(i)) || cluster.any_exited()
+            });
+            if ready && !cluster.any_exited() {
+                return cluster;
+            }
+            let clash = (0..n).any(|i| log_mentions_port_clash(&cluster.log(i)));
+            let logs = (0..n)
+                .map(|i| format!("--- m{i} ---\n{}", tail(&cluster.log(i), 15)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for m in cluster.members.iter_mut() {
+                if let Some(mut s) = m.take() {
+                    s.kill();
+                }
+            }
+            if !clash || attempt == 3 {
+                panic!("etcd cluster of {n} did not start (attempt {attempt}):\n{logs}");
+            }
+            for i in 0..n {
+                let _ = fs::remove_dir_all(cluster.data_dir(i));
+            }
+        }
+        unreachable!()
+    }
+
+    fn any_exited(&mut self) -> bool {
+        self.members
+            .iter_mut()
+            .any(|m| m.as_mut().is_some_and(|s| s.try_exited().is_some()))
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("m{i}.log"))
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("m{i}.data"))
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` (a new one, or again on its data dir: then the initial-cluster
+    /// flags are ignored and it rejoins).
+    fn spawn(&self, i: usize) -> Service {
+        let (client, peer) = self.ports[i];
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(format!("m{i}"))
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster())
+            .arg("--initial-cluster-token")
+            .arg("etcd-offsite-faults")
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .args(ETCD_COMMON_FLAGS);
+        let log = self.log(i);
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"=== etcd start ===\n"));
+        Service::spawn(&format!("etcd m{i}"), cmd, &log)
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// `http://127.0.0.1:PORT` of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i].0)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.member_count()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// `etcdctl` (API 3) against member `i` only.
+    pub fn etcdctl(&self, i: usize) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint(i));
+        c
+    }
+
+    /// Member `i` answers `endpoint health` (a quorum read: the cluster has a leader).
+    pub fn healthy(&self, i: usize) -> bool {
+        let mut c = self.etcdctl(i);
+        c.args([
+            "endpoint",
+            "health",
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+        ]);
+        run(&mut c).status.success()
+    }
+
+    /// The member that leads the cluster now (`endpoint status`: member id = leader id).
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.member_count()).find(|&i| {
+            let mut c = self.etcdctl(i);
+            c.args([
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+                "--command-timeout",
+                "2s",
+            ]);
+            let out = run(&mut c);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let status = &v[0]["Status"];
+            let member = status["header"]["member_id"].as_u64();
+            member.is_some() && member == status["leader"].as_u64()
+        })
+    }
+
+    /// SIGKILL of member `i` (idempotent).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.members[i].take() {
+            s.kill();
+        }
+    }
+
+    /// Starts a killed member `i` again on its data dir and ports, and waits until every
+    /// member is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.members[i] = Some(self.spawn(i));
+        let n = self.member_count();
+        if !wait_until(Duration::from_secs(40), || (0..n).all(|m| self.healthy(m))) {
+            panic!(
+                "etcd m{i} did not rejoin its cluster:\n{}",
+                tail(&self.log(i), 30)
+            );
+        }
+    }
+
+    /// Loads `count` keys of `value_size` bytes through member 0 (etcd_load.py, prefix
+    /// /registry/, seed 1); returns the loader's summary line.
+    pub fn load(&self, count: usize, value_size: usize) -> String {
+        let mut c = Command::new("python3");
+        c.arg(support_script("etcd_load.py"))
+            .arg("--endpoint")
+            .arg(self.endpoint(0))
+            .arg("--count")
+            .arg(count.to_string())
+            .arg("--value-size")
+            .arg(value_size.to_string());
+        let out = run(&mut c);
+        if !out.status.success() {
+            panic!(
+                "etcd_load.py failed against the cluster\n{}\n--- m0 log tail ---\n{}",
+                describe_output(&out),
+                tail(&self.log(0), 20)
+            );
+        }
+        stdout_str(&out).trim().to_string()
+    }
+
+    /// The last lines of member `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        tail(&self.log(i), lines)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

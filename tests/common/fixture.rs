@@ -153,9 +153,13 @@ impl Fixture {
 
 /// Target YAML (a flow mapping) for an S3 bucket on moto.
 pub fn s3_target(moto: &Moto, bucket: &str, prefix: &str) -> String {
+    s3_target_at(&moto.endpoint(), bucket, prefix)
+}
+
+/// Target YAML for an S3 bucket served at `endpoint` (moto, or a front before it).
+pub fn s3_target_at(endpoint: &str, bucket: &str, prefix: &str) -> String {
     format!(
-        "{{ url: \"s3://{bucket}/{prefix}\", options: {{ aws_endpoint: \"{}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test, aws_virtual_hosted_style_request: \"false\" }} }}",
-        moto.endpoint()
+        "{{ url: \"s3://{bucket}/{prefix}\", options: {{ aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test, aws_virtual_hosted_style_request: \"false\" }} }}"
     )
 }
 
