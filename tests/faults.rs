@@ -303,6 +303,56 @@ fn backups_through_a_faulty_s3_front_succeed_or_fail_cleanly() {
     figures.report(&format!(" injected={injected} unclear={unclear}"));
 }
 
+/// The store completes a multipart upload, but its answer is lost: the retried completion
+/// finds no such upload and the backup fails. What the store did complete goes with the
+/// rest of the failed run: nothing stays under a final name.
+#[test]
+fn a_lost_answer_to_an_upload_completion_fails_cleanly_and_leaves_nothing_behind() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(200, 500);
+    let moto = Moto::start();
+    moto.create_bucket("lost");
+    let proxy = FaultProxy::start(&moto);
+    let fx = Fixture::new();
+    let config = fx.write_config(
+        "via-proxy.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!(
+            "  snapshot: {}\n",
+            s3_target_at(&proxy.endpoint(), "lost", "etcd")
+        ),
+        "",
+    );
+    for object in ["static_kuberesources.tar.zst.age", "snapshot.db.zst.age"] {
+        let completion = format!("{object}?uploadId=");
+        proxy.set_only(&["POST ", &completion], 1, 1.0, &["lost"]);
+        let out = run_within(
+            fx.cmd(&config).args(["backup", "--no-prune"]),
+            Duration::from_secs(120),
+        );
+        let counters = proxy.counters();
+        proxy.set(0, 0.0, &[]);
+        assert_eq!(exit_code(&out), 1, "{object}: {}", describe_output(&out));
+        assert!(
+            counters["injected"]["lost"].as_u64() >= Some(1),
+            "{object}: no completion was answered: {counters}"
+        );
+        let finals: Vec<String> = moto
+            .list_keys("lost", "etcd/test/")
+            .into_iter()
+            .filter(|k| FINAL_NAMES.iter().any(|n| k.ends_with(&format!("/{n}"))))
+            .collect();
+        assert!(
+            finals.is_empty(),
+            "{object}: objects under final names after the failed run: {finals:?}\n{}",
+            describe_output(&out)
+        );
+        assert!(complete_ids(&list_json(&fx, &config)).is_empty());
+    }
+    run_ok(fx.cmd(&config).args(["backup", "--no-prune"]));
+    println!("FAULTS kind=s3-lost-completion tried=2 survived=0 clean_failures=2 lost=0");
+}
+
 // ------------------------------------------------------------------ 2. a member killed
 
 /// A 3-member cluster; the member serving the snapshot is SIGKILLed while it streams (the

@@ -240,6 +240,11 @@ async fn write_backup<'t>(
     let static_key = format!("{cluster}/{id}/{STATIC_OBJECT}");
     let snapshot_key = format!("{cluster}/{id}/{SNAPSHOT_OBJECT}");
 
+    // Each artifact is listed for the cleanup of a failed run before its upload starts: an
+    // upload whose completion was answered with an error (a lost answer) may have landed.
+    if matches!(prepared, Prepared::BackupDir { .. }) || config.static_resources.is_some() {
+        written.push((&targets.static_resources, static_key.clone()));
+    }
     let static_artifact = match (&prepared, &config.static_resources) {
         (Prepared::BackupDir { pair, .. }, _) => {
             let tarball = pair.static_tarball.clone();
@@ -263,9 +268,6 @@ async fn write_backup<'t>(
         }
         (Prepared::Etcd { .. }, None) => None,
     };
-    if static_artifact.is_some() {
-        written.push((&targets.static_resources, static_key));
-    }
 
     let snapshot_size = match &prepared {
         Prepared::Etcd { member, .. } => Some(member.db_size + 32),
@@ -277,6 +279,7 @@ async fn write_backup<'t>(
         etcd_trailer: true,
         progress: telemetry::progress("snapshot", snapshot_size),
     };
+    written.push((&targets.snapshot, snapshot_key.clone()));
     let (snapshot_artifact, source, facts, content) = match prepared {
         Prepared::BackupDir { pair, facts } => {
             let file = pair.snapshot.clone();
@@ -314,7 +317,6 @@ async fn write_backup<'t>(
             (artifact, source, facts, content)
         }
     };
-    written.push((&targets.snapshot, snapshot_key));
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,

@@ -44,6 +44,9 @@ pub enum StoreErrorKind {
     Other,
 }
 
+/// Calls whose answer was cut short are made this many times at most.
+const CUT_SHORT_TRIES: u32 = 3;
+
 /// A storage operation failed; the message is one line without server bodies or credentials.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {location} failed: {reason}")]
@@ -52,6 +55,13 @@ pub struct StoreError {
     pub op: &'static str,
     pub location: String,
     pub reason: String,
+}
+
+impl StoreError {
+    /// The store's answer ended early (object_store: "… response body …").
+    fn cut_short(&self) -> bool {
+        self.kind == StoreErrorKind::Other && self.reason.contains("response body")
+    }
 }
 
 /// A configured storage target: an object store plus the key prefix from its URL.
@@ -295,8 +305,33 @@ impl Target {
         }
     }
 
+    /// Calls `call` again (at most [`CUT_SHORT_TRIES`] times in all) while the store's
+    /// answer is cut short: object_store retries a request that fails, not a response body
+    /// that ends early (a reset connection), and these calls are safe to repeat.
+    async fn again_if_cut_short<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut tries = 1;
+        loop {
+            match call().await {
+                Err(e) if e.cut_short() && tries < CUT_SHORT_TRIES => {
+                    tracing::warn!(error = %e, "the store's answer was cut short; asking again");
+                    tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Reads a small object whole (manifests, locks), refusing one above [`SMALL_OBJECT_CAP`].
     pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.again_if_cut_short(|| self.read_once(key)).await
+    }
+
+    async fn read_once(&self, key: &str) -> Result<Bytes, StoreError> {
         self.local_guard("read", key)?;
         let result = self
             .store
@@ -377,6 +412,10 @@ impl Target {
     /// On file:// targets symbolic links are skipped, never followed, and so are names
     /// that are not UTF-8 (with a warning): one odd entry never fails a listing.
     pub async fn list(&self, dir: &str) -> Result<Vec<StoredObject>, StoreError> {
+        self.again_if_cut_short(|| self.list_once(dir)).await
+    }
+
+    async fn list_once(&self, dir: &str) -> Result<Vec<StoredObject>, StoreError> {
         if let Some(root) = &self.local_dir {
             let root = root.clone();
             let dir_key = dir.trim_matches('/').to_string();
@@ -430,11 +469,16 @@ impl Target {
 
     /// Starts a multipart upload with bounded part size.
     pub async fn upload(&self, key: &str) -> Result<WriteMultipart, StoreError> {
+        // An upload started twice leaves the first one unfinished, which the bucket's
+        // lifecycle rule for incomplete multipart uploads removes.
         let upload = self
-            .store
-            .put_multipart(&self.path(key))
-            .await
-            .map_err(|e| self.error("upload", key, &e))?;
+            .again_if_cut_short(|| async {
+                self.store
+                    .put_multipart(&self.path(key))
+                    .await
+                    .map_err(|e| self.error("upload", key, &e))
+            })
+            .await?;
         Ok(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
     }
 
@@ -473,6 +517,30 @@ mod tests {
             redact_url("s3://AKIA:secret@bucket/etcd?token=abc"),
             "s3://bucket/etcd"
         );
+    }
+
+    #[tokio::test]
+    async fn answers_cut_short_are_asked_again_a_few_times() {
+        use crate::store::testing::{Fault, FaultyStore, Op};
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        assert!(target.create("c/1/m.json", Bytes::from("a")).await.unwrap());
+        store.inject(Op::List, 1, Fault::CutShort);
+        assert_eq!(target.list("c").await.unwrap().len(), 1);
+        store.inject(Op::Get, 1, Fault::CutShort);
+        store.inject(Op::Get, 2, Fault::CutShort);
+        assert_eq!(target.read("c/1/m.json").await.unwrap(), "a");
+        store.inject(Op::Upload, 1, Fault::CutShort);
+        assert!(target.upload("c/1/s.age").await.is_ok());
+        // Not forever: three answers cut short in a row fail the call.
+        for nth in 1..=3 {
+            store.inject(Op::List, nth, Fault::CutShort);
+        }
+        assert!(target.list("c").await.unwrap_err().cut_short());
+        // Other failures are object_store's to retry, not asked again here.
+        store.inject(Op::List, 1, Fault::Fail);
+        assert!(target.list("c").await.is_err());
+        assert_eq!(target.list("c").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

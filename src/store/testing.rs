@@ -20,6 +20,8 @@ use super::Target;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Put,
+    /// Starting a multipart upload.
+    Upload,
     Get,
     Head,
     Delete,
@@ -34,6 +36,8 @@ pub enum Fault {
     SucceedButFail,
     /// The store refuses (permission denied, object lock).
     Refuse,
+    /// The answer is cut short (a connection reset in the middle of a response body).
+    CutShort,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +118,12 @@ fn injected(path: &Path, fault: Fault) -> object_store::Error {
             path: path.to_string(),
             source: "injected refusal".into(),
         },
+        // object_store's words for a response body that ended early.
+        Fault::CutShort => object_store::Error::Generic {
+            store: "FaultyStore",
+            source: "Error getting list response body: HTTP error: request or response body error"
+                .into(),
+        },
         _ => object_store::Error::Generic {
             store: "FaultyStore",
             source: "injected failure".into(),
@@ -147,7 +157,14 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
+        match self.hit(Op::Upload) {
+            None => self.inner.put_multipart_opts(location, opts).await,
+            Some(Fault::SucceedButFail) => {
+                let _ = self.inner.put_multipart_opts(location, opts).await?;
+                Err(injected(location, Fault::SucceedButFail))
+            }
+            Some(fault) => Err(injected(location, fault)),
+        }
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {

@@ -452,7 +452,18 @@ impl FaultProxy {
     /// New settings: from now on a share `rate` of requests gets one of `kinds`, drawn
     /// from `seed`; the counters start again from zero.
     pub fn set(&self, seed: u64, rate: f64, kinds: &[&str]) {
-        let body = serde_json::json!({ "seed": seed, "rate": rate, "kinds": kinds });
+        self.configure(serde_json::json!({ "seed": seed, "rate": rate, "kinds": kinds }));
+    }
+
+    /// Like [`FaultProxy::set`], for the requests whose `METHOD path?query` contains every
+    /// text in `only`.
+    pub fn set_only(&self, only: &[&str], seed: u64, rate: f64, kinds: &[&str]) {
+        self.configure(
+            serde_json::json!({ "seed": seed, "rate": rate, "kinds": kinds, "only": only }),
+        );
+    }
+
+    fn configure(&self, body: serde_json::Value) {
         let r = http(
             "POST",
             &format!("{}/__faults__", self.endpoint()),

@@ -15,8 +15,10 @@ gets one of these faults instead:
 
 Control (never faulted):
     POST /__faults__   JSON {"seed": 1, "rate": 0.2, "kinds": ["500", ...],
-                       "delay_ms": [200, 1500]}: new settings, the random sequence restarts
-                       from the seed and the counters are zeroed
+                       "delay_ms": [200, 1500], "only": ["POST ", "?uploadId="]}: new
+                       settings, the random sequence restarts from the seed and the
+                       counters are zeroed; with "only" (a text or a list of texts), just
+                       the requests whose "METHOD path?query" contains each can get a fault
     GET  /__faults__   JSON counters {"requests": n, "injected": {"500": n, ...}}
 
 Faults are drawn in the order requests arrive, from random.Random(seed): with concurrent
@@ -66,14 +68,18 @@ class Faults:
             self.rate = float(settings.get("rate", 0.0))
             self.kinds = [k for k in settings.get("kinds", ALL_KINDS) if k in ALL_KINDS]
             self.delay_ms = settings.get("delay_ms", [200, 1500])
+            self.only = settings.get("only")
             self.rng = random.Random(int(settings.get("seed", 0)))
             self.requests = 0
             self.injected = {k: 0 for k in ALL_KINDS}
 
-    def draw(self):
+    def draw(self, request_line):
         """-> (fault kind or None, delay in seconds)"""
         with self.lock:
             self.requests += 1
+            only = [self.only] if isinstance(self.only, str) else (self.only or [])
+            if any(part not in request_line for part in only):
+                return None, 0.0
             if not self.kinds or self.rng.random() >= self.rate:
                 return None, 0.0
             kind = self.rng.choice(self.kinds)
@@ -151,7 +157,7 @@ class Front(http.server.BaseHTTPRequestHandler):
     def _handle(self):
         if self.path.startswith("/__faults__"):
             return self._control()
-        kind, delay = FAULTS.draw()
+        kind, delay = FAULTS.draw("%s %s" % (self.command, self.path))
         self._log("%s %s %s" % (kind or "ok", self.command, self.path.split("?")[0]))
         if kind == "reset":
             return self._reset()
