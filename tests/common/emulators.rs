@@ -162,6 +162,30 @@ service_controls!(Moto, GcsFront, Azurite, CountingProxy, FaultProxy);
 /// GCS XML-API front (tests/support/gcs_front.py) over a [`Moto`]. A GCS bucket
 /// is a moto bucket. Point object_store at it with a service-account JSON
 /// (see [`GcsFront::write_service_account`]) and `allow_http=true`.
+/// Starts `tests/support/<name>.py` as a loopback front of `moto` (`--port`, `--upstream`,
+/// `--log <dir>/requests.log`), in a directory of its own.
+fn start_front(name: &str, moto: &Moto) -> (Service, u16, TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-", name.replace('_', "-")))
+        .tempdir()
+        .expect("tempdir");
+    let req_log = dir.path().join("requests.log");
+    let upstream = moto.endpoint();
+    let script = support_script(&format!("{name}.py"));
+    let (svc, port) = start_script(name, dir.path(), &format!("{name}.log"), |port| {
+        let mut c = Command::new("python3");
+        c.arg(&script)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--upstream")
+            .arg(&upstream)
+            .arg("--log")
+            .arg(&req_log);
+        c
+    });
+    (svc, port, dir)
+}
+
 pub struct GcsFront {
     svc: Service,
     port: u16,
@@ -170,23 +194,7 @@ pub struct GcsFront {
 
 impl GcsFront {
     pub fn start(moto: &Moto) -> GcsFront {
-        let dir = tempfile::Builder::new()
-            .prefix("gcs-front-")
-            .tempdir()
-            .expect("tempdir");
-        let req_log = dir.path().join("requests.log");
-        let upstream = moto.endpoint();
-        let (svc, port) = start_script("gcs_front", dir.path(), "gcs_front.log", |port| {
-            let mut c = Command::new("python3");
-            c.arg(support_script("gcs_front.py"))
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--upstream")
-                .arg(&upstream)
-                .arg("--log")
-                .arg(&req_log);
-            c
-        });
+        let (svc, port, dir) = start_front("gcs_front", moto);
         GcsFront { svc, port, dir }
     }
 
@@ -424,23 +432,7 @@ pub const FAULT_KINDS: &[&str] = &["500", "503", "reset", "lost", "truncate", "d
 
 impl FaultProxy {
     pub fn start(moto: &Moto) -> FaultProxy {
-        let dir = tempfile::Builder::new()
-            .prefix("fault-proxy-")
-            .tempdir()
-            .expect("tempdir");
-        let req_log = dir.path().join("requests.log");
-        let upstream = moto.endpoint();
-        let (svc, port) = start_script("fault_proxy", dir.path(), "fault_proxy.log", |port| {
-            let mut c = Command::new("python3");
-            c.arg(support_script("fault_proxy.py"))
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--upstream")
-                .arg(&upstream)
-                .arg("--log")
-                .arg(&req_log);
-            c
-        });
+        let (svc, port, dir) = start_front("fault_proxy", moto);
         FaultProxy { svc, port, dir }
     }
 
