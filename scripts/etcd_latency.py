@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--max-seconds", type=float, default=900.0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--samples", help="also write every put as 'unix-time-s latency-ms' lines here")
     args = ap.parse_args()
     url = urllib.parse.urlparse(args.endpoint)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -40,6 +41,7 @@ def main():
     interval = 1.0 / args.rate
     start = time.monotonic()
     latencies = []
+    samples = []
     n = 0
     while not stop and time.monotonic() - start < args.max_seconds:
         due = start + n * interval
@@ -55,7 +57,12 @@ def main():
         if resp.status != 200:
             sys.exit("etcd_latency.py: put answered %d" % resp.status)
         latencies.append((time.monotonic() - sent) * 1000.0)
+        samples.append(time.time())
         n += 1
+    if args.samples:
+        with open(args.samples, "w") as f:
+            for at, ms in zip(samples, latencies):
+                f.write("%.6f %.3f\n" % (at, ms))
     latencies.sort()
 
     def pct(p):
