@@ -1464,14 +1464,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: crate::property_cases(),
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         /// A config using every section, valid on a host that reads backups.
         fn full() -> String {
             format!(
@@ -1654,7 +1646,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::property_config())]
 
             #[test]
             fn arbitrary_text_never_panics(text in any::<String>()) {

@@ -39,6 +39,16 @@ fn property_cases() -> u32 {
     256 * scale
 }
 
+/// The proptest settings of the property tests: [`property_cases`] cases, nothing persisted.
+#[cfg(test)]
+fn property_config() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: property_cases(),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init(cli.log_format, cli.verbose, cli.quiet);

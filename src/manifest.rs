@@ -335,14 +335,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: crate::property_cases(),
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         /// Every reader's path over an untrusted manifest: parse, check, then use.
         fn read_untrusted(bytes: &[u8], cluster: &str, id: &str) {
             if let Ok(m) = Manifest::from_json(bytes)
@@ -538,7 +530,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::property_config())]
 
             #[test]
             fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::fixture::{Fixture, s3_target, s3_target_at};
 use common::*;
@@ -81,36 +81,6 @@ impl Figures {
             self.kind
         );
     }
-}
-
-/// Waits for `child` at most `limit`; a run that hangs is killed and the test fails.
-fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "{what}: still running after {limit:?}\n{}",
-                describe_output(&out)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe_cmd(cmd)))
-}
-
-fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    let what = describe_cmd(cmd);
-    wait_within(spawn(cmd), limit, &what)
 }
 
 /// Ids listed complete now and not in `before`.

@@ -5,35 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::fixture::Fixture;
 use common::*;
-
-/// Runs `cmd`, killing it after `limit` (a command that should fail fast must not hang the suite).
-fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe_cmd(cmd)));
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "`{}` still running after {limit:?}\n{}",
-                describe_cmd(cmd),
-                describe_output(&out)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
-}
 
 /// Asserts exit code 2 (never 101, a panic) and that stderr names `key`.
 fn assert_config_error(out: &Output, key: &str) {

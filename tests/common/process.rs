@@ -400,3 +400,35 @@ pub(crate) fn start_listener(
         port_open,
     )
 }
+
+/// Waits for `child` at most `limit`; a run that hangs is killed and the test fails.
+pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{what}: still running after {limit:?}\n{}",
+                describe_output(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Starts `cmd` with stdin closed and stdout/stderr captured.
+pub fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe_cmd(cmd)))
+}
+
+/// Runs `cmd`, killing it after `limit` (a command that should finish must not hang the suite).
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+    let what = describe_cmd(cmd);
+    wait_within(spawn(cmd), limit, &what)
+}
