@@ -126,6 +126,28 @@ pub fn generate_tls(dir: &Path) -> TlsFiles {
 }
 
 /// Flags every test etcd gets (big transactions for the loader, big quota).
+/// `etcd` for one new member `name` on loopback URLs, with [`ETCD_COMMON_FLAGS`].
+fn etcd_command(
+    name: &str,
+    data_dir: &Path,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", "new"])
+        .args(ETCD_COMMON_FLAGS);
+    cmd
+}
+
 pub const ETCD_COMMON_FLAGS: &[&str] = &[
     "--max-txn-ops",
     "10000",
@@ -269,25 +291,14 @@ impl EtcdServer {
     fn command(&self, client_port: u16, peer_port: u16) -> Command {
         let client_url = format!("{}://127.0.0.1:{client_port}", self.scheme());
         let peer_url = Self::peer_url(peer_port);
-        let mut cmd = Command::new("etcd");
-        cmd.arg("--name")
-            .arg(&self.name)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(self.initial_cluster(peer_port))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .args(ETCD_COMMON_FLAGS)
-            .args(&self.extra_args);
+        let mut cmd = etcd_command(
+            &self.name,
+            &self.data_dir,
+            &client_url,
+            &peer_url,
+            &self.initial_cluster(peer_port),
+        );
+        cmd.args(&self.extra_args);
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.server_cert)
@@ -606,26 +617,14 @@ impl EtcdCluster {
         let (client, peer) = self.ports[i];
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new("etcd");
-        cmd.arg("--name")
-            .arg(format!("m{i}"))
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(self.initial_cluster())
-            .arg("--initial-cluster-token")
-            .arg("etcd-offsite-faults")
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .args(ETCD_COMMON_FLAGS);
+        let mut cmd = etcd_command(
+            &format!("m{i}"),
+            &self.data_dir(i),
+            &client_url,
+            &peer_url,
+            &self.initial_cluster(),
+        );
+        cmd.args(["--initial-cluster-token", "etcd-offsite-faults"]);
         let log = self.log(i);
         let _ = fs::OpenOptions::new()
             .create(true)
