@@ -78,9 +78,6 @@ pub struct DrillSummary {
     pub ok: bool,
 }
 
-/// Drill records are a few KiB; a larger object is not one.
-const DRILL_RECORD_CAP: usize = 1024 * 1024;
-
 /// The drill record at `key`, or None when it is unreadable or not a drill record
 /// (stored objects are untrusted: a damaged record never fails a listing).
 pub async fn read_drill(target: &Target, key: &str) -> Option<DrillSummary> {
@@ -89,10 +86,8 @@ pub async fn read_drill(target: &Target, key: &str) -> Option<DrillSummary> {
         at: DateTime<Utc>,
         ok: bool,
     }
+    // `read` refuses objects above the small-object cap.
     let bytes = target.read(key).await.ok()?;
-    if bytes.len() > DRILL_RECORD_CAP {
-        return None;
-    }
     serde_json::from_slice::<Record>(&bytes)
         .ok()
         .map(|r| DrillSummary { at: r.at, ok: r.ok })
