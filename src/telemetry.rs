@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::store::Target;
-use crate::store::catalog::{list_backups, read_drill};
+use crate::store::catalog::{list_backups, newest_successful_drill};
 
 use crate::cli::LogFormat;
 
@@ -212,17 +212,8 @@ impl Metrics {
             self.last_stored_bytes
                 .set(i64::try_from(newest.stored_size()).unwrap_or(i64::MAX));
         }
-        let mut records: Vec<&str> = entries
-            .iter()
-            .filter(|e| e.complete())
-            .flat_map(|e| e.drill_records())
-            .collect();
-        records.sort_unstable_by(|a, b| b.rsplit('/').next().cmp(&a.rsplit('/').next()));
-        for key in records {
-            if let Some(drill) = read_drill(target, key).await.filter(|d| d.ok) {
-                self.last_drill_success.set(seconds(drill.at));
-                break;
-            }
+        if let Some((_, drill)) = newest_successful_drill(target, &entries).await {
+            self.last_drill_success.set(seconds(drill.at));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::cli::StatusArgs;
 use crate::config::Config;
 use crate::error::Stale;
 use crate::store::Target;
-use crate::store::catalog::{list_backups, read_drill};
+use crate::store::catalog::{list_backups, newest_successful_drill};
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -44,24 +44,9 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     let now = Utc::now();
     let age_of = |at: DateTime<Utc>| (now - at).num_seconds();
 
-    // The newest successful drill: records are read newest first, only as far as needed.
-    let mut drills: Vec<(&str, &str)> = entries
-        .iter()
-        .filter(|e| e.complete())
-        .flat_map(|e| {
-            e.drill_records()
-                .into_iter()
-                .map(move |k| (k, e.id.as_str()))
-        })
-        .collect();
-    drills.sort_unstable_by(|a, b| drill_time(b.0).cmp(drill_time(a.0)));
-    let mut newest_drill = None;
-    for (key, id) in drills {
-        if let Some(drill) = read_drill(&target, key).await.filter(|d| d.ok) {
-            newest_drill = Some((id.to_string(), drill.at));
-            break;
-        }
-    }
+    let newest_drill = newest_successful_drill(&target, &entries)
+        .await
+        .map(|(id, drill)| (id, drill.at));
 
     let within = |age: Option<i64>, limit: Option<Duration>| {
         limit.map(|limit| {
@@ -130,9 +115,4 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         ))
         .into())
     }
-}
-
-/// The `<YYYYMMDDTHHMMSSZ>-<n>` part of a drill record key, which sorts in time order.
-fn drill_time(key: &str) -> &str {
-    key.rsplit('/').next().unwrap_or(key)
 }

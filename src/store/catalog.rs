@@ -78,6 +78,32 @@ pub struct DrillSummary {
     pub ok: bool,
 }
 
+/// The newest successful drill of any complete backup in `entries`: its backup id and
+/// summary. Records are read newest first (their names sort in time order), only as far
+/// as needed.
+pub async fn newest_successful_drill(
+    target: &Target,
+    entries: &[BackupEntry],
+) -> Option<(String, DrillSummary)> {
+    let name = |key: &str| key.rsplit('/').next().unwrap_or(key).to_string();
+    let mut records: Vec<(String, &str, &str)> = entries
+        .iter()
+        .filter(|e| e.complete())
+        .flat_map(|e| {
+            e.drill_records()
+                .into_iter()
+                .map(move |k| (name(k), k, e.id.as_str()))
+        })
+        .collect();
+    records.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (_, key, id) in records {
+        if let Some(drill) = read_drill(target, key).await.filter(|d| d.ok) {
+            return Some((id.to_string(), drill));
+        }
+    }
+    None
+}
+
 /// The drill record at `key`, or None when it is unreadable or not a drill record
 /// (stored objects are untrusted: a damaged record never fails a listing).
 pub async fn read_drill(target: &Target, key: &str) -> Option<DrillSummary> {
