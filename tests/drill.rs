@@ -86,6 +86,20 @@ fn load_cluster(etcd: &EtcdServer) {
             seal("aesgcm", "gcm1", &GCM_KEY, &key, object.as_bytes()),
         );
     }
+    // Keys around the prefix boundaries the count's skip scan jumps over: one sorting just
+    // before `/kubernetes.io/pods/`, one that is exactly the end of that range, and keys
+    // outside the `/<root>/<resource>/…` shape, several in a row.
+    for key in [
+        "/kubernetes.io/pods-extra/a",
+        "/kubernetes.io/pods0",
+        "/kubernetes.io/ranges/serviceips",
+        "/short",
+        "plain-1",
+        "plain-2",
+        "plain-3",
+    ] {
+        etcd.put(key, b"x");
+    }
 }
 
 fn drill_cmd(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Command {
@@ -176,6 +190,13 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
         "{content}"
     );
     assert_eq!(content["prefixes"]["/kubernetes.io/pods"], 400, "{content}");
+    assert_eq!(
+        content["prefixes"]["/kubernetes.io/pods-extra"], 1,
+        "{content}"
+    );
+    assert_eq!(content["prefixes"]["/kubernetes.io/ranges"], 1, "{content}");
+    assert_eq!(content["prefixes"]["(other)"], 5, "{content}");
+    assert_eq!(content["keys"], 400 + 12 + 12 + 7, "{content}");
     let uses: Vec<String> = content["encryption"]
         .as_array()
         .unwrap()

@@ -2,8 +2,8 @@
 //! resource prefix and the encryption providers the stored values use. Recorded in the
 //! manifest at backup time and checked against a restored copy by `drill`.
 //!
-//! Cheap next to the snapshot itself: one keys-only scan in pages, and a few values per
-//! prefix (a bounded sample) to read the `k8s:enc:<provider>:v1:<key name>:` prefixes that
+//! Cheap next to the snapshot itself: a count from etcd's index per prefix (a skip scan,
+//! no values read), and a few values per prefix (a bounded sample) to read the `k8s:enc:<provider>:v1:<key name>:` prefixes that
 //! kube-apiserver writes before encrypted values.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, GetOptions};
 use serde::{Deserialize, Serialize};
 
-/// Keys per keys-only page.
+/// Largest keys-only page, for keys outside the `/<root>/<resource>/…` shape.
 const PAGE: i64 = 2000;
 /// Distinct prefixes counted by name; the rest are summed under [`OTHER`].
 const MAX_PREFIXES: usize = 2000;
@@ -59,6 +59,26 @@ pub struct EncryptedValue {
     pub key_name: String,
 }
 
+impl ContentFacts {
+    /// Adds `count` keys under `prefix`, or under [`OTHER`] past [`MAX_PREFIXES`] names.
+    fn add(&mut self, mut prefix: String, count: u64) {
+        if !self.prefixes.contains_key(&prefix) && self.prefixes.len() >= MAX_PREFIXES {
+            prefix = OTHER.to_string();
+        }
+        self.keys += count;
+        *self.prefixes.entry(prefix).or_default() += count;
+    }
+}
+
+/// The first key past every key that starts with `prefix` (which ends in `/`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// The `/<root>/<resource>` prefix of a key, or [`OTHER`].
 pub fn prefix_of(key: &[u8]) -> String {
     let text = String::from_utf8_lossy(key);
@@ -103,31 +123,46 @@ pub async fn read(
         revision,
         ..ContentFacts::default()
     };
+    // A skip scan: the first key past `start` names a resource prefix; a count-only
+    // request (answered from etcd's in-memory index, no values read) counts the whole
+    // prefix, and the scan jumps past it. A keys-only range would make etcd read every
+    // value from disk and compete with the snapshot. Keys outside the
+    // `/<root>/<resource>/…` shape are listed in growing pages.
     let mut start = vec![0u8];
+    let mut limit = 1;
     loop {
         let options = GetOptions::new()
             .with_from_key()
             .with_keys_only()
-            .with_limit(PAGE)
+            .with_limit(limit)
             .with_revision(revision);
         let mut page = client.get(start.clone(), Some(options)).await?;
         let more = page.more();
         let kvs = page.take_kvs();
+        let mut jumped = false;
         for kv in &kvs {
-            facts.keys += 1;
-            let mut prefix = prefix_of(kv.key());
-            if !facts.prefixes.contains_key(&prefix) && facts.prefixes.len() >= MAX_PREFIXES {
-                prefix = OTHER.to_string();
-            }
-            *facts.prefixes.entry(prefix).or_default() += 1;
-        }
-        match kvs.last() {
-            Some(last) if more => {
-                start = last.key().to_vec();
+            let prefix = prefix_of(kv.key());
+            if prefix == OTHER {
+                facts.add(OTHER.to_string(), 1);
+                start = kv.key().to_vec();
                 start.push(0);
+                continue;
             }
-            _ => break,
+            let range = format!("{prefix}/");
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_count_only()
+                .with_revision(revision);
+            let count = client.get(range.as_str(), Some(options)).await?.count();
+            facts.add(prefix, u64::try_from(count).unwrap_or_default());
+            start = prefix_end(range.as_bytes());
+            jumped = true;
+            break;
         }
+        if kvs.is_empty() || !(more || jumped) {
+            break;
+        }
+        limit = if jumped { 1 } else { (limit * 2).min(PAGE) };
     }
 
     let mut samples = Vec::new();
