@@ -19,6 +19,9 @@
 #   s. etcd-offsite restore (snapshot + keys archive, every digest checked)
 #   v. etcd-offsite verify with identities (deep verify: decrypt, decompress, digests, trailer, tar)
 #   x. etcd-offsite drill (restore into a scratch etcd, key counts, encrypted values)
+# and case d's last backup from S3 on moto:
+#   t. stock: aws s3 cp to a file, then age -d | zstd -d -T0 > file, sha256sum
+#   u. etcd-offsite restore from the s3:// target
 # and checks once per case that the stored artifact decrypts (age -d) and decompresses
 # (zstd -d) to a snapshot of the same size and `etcdctl snapshot status` as a reference
 # `etcdctl snapshot save`. It prints one table, the machine and the exact commands.
@@ -218,6 +221,16 @@ else
     > "$W/upload"
 fi
 chmod +x "$W/upload"
+# The stock restore's download step: $W/download ENDPOINT BUCKET KEY FILE
+if [ -n "$AWS_BIN" ]; then
+  printf '#!/usr/bin/env bash\nexec env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 %q --endpoint-url "$1" s3 cp --only-show-errors "s3://$2/$3" "$4"\n' \
+    "$AWS_BIN" > "$W/download"
+else
+  printf '#!/usr/bin/env bash\nexec python3 -c %q "$@"\n' \
+    'import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test").download_file(sys.argv[2], sys.argv[3], sys.argv[4])' \
+    > "$W/download"
+fi
+chmod +x "$W/download"
 
 # ------------------------------------------------------------------ etcd
 CLIENT_PORT=$(free_port); PEER_PORT=$(free_port)
@@ -305,13 +318,14 @@ start_moto() {
 stop_moto() { stop_pid "$MOTO_PID"; MOTO_PID=""; }
 
 # ------------------------------------------------------------------ etcd-offsite configs
-write_config() {  # write_config FILE TARGET-YAML [PRIORITY [THREADS]]
+write_config() {  # write_config FILE TARGET-YAML [PRIORITY [THREADS [READ_RATE_LIMIT]]]
   cat > "$1" <<YAML
 version: 1
 cluster: bench
 source:
   etcd:
-    endpoints: ["$EP"]
+    endpoints: ["$EP"]${5:+
+    read_rate_limit: $5}
   static_resources:
     base_dir: $KUBE
     paths: ["$POD"]
@@ -328,11 +342,12 @@ YAML
 # ------------------------------------------------------------------ results
 declare -A R_WALL R_RSS R_TEMP R_STORED R_CPU R_ECPU R_MCPU R_OCPU R_P50 R_P99 R_PMAX R_SP99 CHECK
 CASES=(a b e f c d)
+GENTLE_RATE=50MiB
 declare -A NAME=(
   [a]="a. shell pipeline → directory"
   [b]="b. etcd-offsite → file:// (default: priority low)"
   [e]="e. etcd-offsite → file://, priority normal"
-  [f]="f. etcd-offsite → file://, gentlest (priority low, 1 zstd thread)"
+  [f]="f. etcd-offsite → file://, gentlest (priority low, 1 zstd thread, read_rate_limit $GENTLE_RATE)"
   [c]="c. shell pipeline → S3 (moto)"
   [d]="d. etcd-offsite → s3:// (moto)"
 )
@@ -504,8 +519,8 @@ MANIFEST_BYTES=$(fsize "$TARGET_B/bench/$ID_B/manifest.json")
 # ---- e, f: the same target kind at other priority settings
 for c in e f; do
   mkdir -p "$W/target-$c"
-  if [ "$c" = e ]; then prio=normal; threads=0; else prio=low; threads=1; fi
-  write_config "$W/config-$c.yaml" "  snapshot: { url: \"file://$W/target-$c\" }" "$prio" "$threads"
+  if [ "$c" = e ]; then prio=normal; threads=0; rate=""; else prio=low; threads=1; rate=$GENTLE_RATE; fi
+  write_config "$W/config-$c.yaml" "  snapshot: { url: \"file://$W/target-$c\" }" "$prio" "$threads" "$rate"
   log "case $c: ${NAME[$c]}, $RUNS runs"
   for i in $(seq "$RUNS"); do run_offsite "$c" "$i" "$W/config-$c.yaml" "$W/target-$c"; done
   check_artifact "$c" "$W/target-$c/bench/$(cat "$W/$c/run$RUNS/id")/snapshot.db.zst.age"
@@ -514,11 +529,14 @@ done
 # ---- reading back case b's last backup: r (stock), s (restore), v (deep verify), x (drill)
 declare -A B_WALL B_RSS B_SELF
 READ_CASES=(r s v x)
+S3_READ_CASES=(t u)
 declare -A READ_NAME=(
   [r]="r. stock: age -d | zstd -d -T0 > file; sha256sum file"
   [s]="s. etcd-offsite restore (snapshot + keys archive)"
   [v]="v. etcd-offsite verify --identity (deep)"
   [x]="x. etcd-offsite drill"
+  [t]="t. stock: aws s3 cp to a file, then as r; rm the download"
+  [u]="u. etcd-offsite restore from s3:// (snapshot + keys archive)"
 )
 ART_B="$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
 run_read() {  # run_read r|s|v|x RUN
@@ -527,6 +545,16 @@ run_read() {  # run_read r|s|v|x RUN
   sync
   t0=$(now)
   case "$case" in
+    t)
+      timed "$d/0.time" "$W/download" "$MOTO_URL" "$BUCKET" "offsite/bench/$ID_D/snapshot.db.zst.age" "$d/snapshot.age"
+      timed "$d/1.time" age -d -i "$W/snapshot.key" "$d/snapshot.age" \
+        | timed "$d/2.time" zstd -d -T0 -q -c > "$d/snapshot.db"
+      timed "$d/3.time" sha256sum "$d/snapshot.db" > "$d/sha256"
+      rm "$d/snapshot.age" ;;
+    u)
+      timed "$d/1.time" "$BIN" --config "$CFG_D" --log-format json restore "$ID_D" --to "$d/out" \
+        --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
+        || die "case u run $i: restore failed: $(tail -n 3 "$d/output.log")" ;;
     r)
       timed "$d/1.time" age -d -i "$W/snapshot.key" "$ART_B" \
         | timed "$d/2.time" zstd -d -T0 -q -c > "$d/snapshot.db"
@@ -592,6 +620,10 @@ s3py get "$BUCKET" "offsite/bench/$ID_D/snapshot.db.zst.age" "$W/d/download.age"
 check_artifact d "$W/d/download.age"; rm -f "$W/d/download.age"
 s3py get "$BUCKET" "offsite/bench/$ID_D/static_kuberesources.tar.zst.age" "$W/d/static.age"
 check_static d "$W/d/static.age"; rm -f "$W/d/static.age"
+for c in "${S3_READ_CASES[@]}"; do
+  log "case $c: ${READ_NAME[$c]}, $RUNS runs"
+  for i in $(seq "$RUNS"); do run_read "$c" "$i"; done
+done
 stop_moto
 
 # ------------------------------------------------------------------ report
@@ -636,8 +668,22 @@ for c in "${READ_CASES[@]}"; do
     "$(awk -v w="$w" -v s="$STOCK_W" 'BEGIN{print w/s}')"
 done
 echo
-echo "Peak RSS of r is its largest process (age, zstd, sha256sum); of x the largest of etcd-offsite and the scratch etcd"
-echo "(etcd-offsite's own peak, from its log, in parentheses). s and x write the snapshot to disk, as r does."
+echo "Reading back case d's last backup from S3 on moto (median of $RUNS runs):"
+echo
+echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | vs stock |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+# shellcheck disable=SC2086
+STOCK_W=$(median ${B_WALL[t]})
+for c in "${S3_READ_CASES[@]}"; do
+  # shellcheck disable=SC2086
+  w=$(median ${B_WALL[$c]}); r=$(median ${B_RSS[$c]})
+  printf '| %s | %.2f | %.1f | %.1f | %.2fx |\n' "${READ_NAME[$c]}" "$w" \
+    "$(awk -v b="$DB_BYTES" -v w="$w" 'BEGIN{print b/1e6/w}')" "$(awk -v r="$r" 'BEGIN{print r/1e6}')" \
+    "$(awk -v w="$w" -v s="$STOCK_W" 'BEGIN{print w/s}')"
+done
+echo
+echo "Peak RSS of r and t is their largest process (age, zstd, sha256sum); of x the largest of etcd-offsite and the scratch etcd"
+echo "(etcd-offsite's own peak, from its log, in parentheses). s, u and x write the snapshot to disk, as r and t do."
 echo
 echo "Where the time goes: CPU seconds (user+sys, median over the runs) on $(nproc) cores. \"other\" is what every other"
 echo "process on the machine used during the runs: noise from other work (0 on a quiet machine)."
@@ -697,6 +743,17 @@ echo "etcdctl --endpoints=$EP snapshot save \$T/snap.db && zstd -3 -T0 -q \$T/sn
 fi
 echo "# d. etcd-offsite → s3:// on moto (fresh moto; config below)"
 echo "$BIN --config $CFG_D backup --no-prune"
+echo "# e, f: as b with the config's priority, compression.threads and read_rate_limit changed (${NAME[e]#e. }; ${NAME[f]#f. })"
+echo "# r. stock decode of case b's backup   (ID = $ID_B)"
+echo "age -d -i snapshot.key $ART_B | zstd -d -T0 -q -c > \$D/snapshot.db && sha256sum \$D/snapshot.db"
+echo "# s, v, x"
+echo "$BIN --config $CFG_B restore $ID_B --to \$D/out --identity snapshot.key --identity static.key"
+echo "$BIN --config $CFG_B verify $ID_B --identity snapshot.key --identity static.key"
+echo "$BIN --config $CFG_B drill $ID_B --scratch-dir $W/scratch --identity snapshot.key --identity static.key"
+echo "# t. stock restore of case d's backup from S3   (ID = $ID_D)"
+echo "aws --endpoint-url $MOTO_URL s3 cp --only-show-errors s3://$BUCKET/offsite/bench/$ID_D/snapshot.db.zst.age \$D/snapshot.age && age -d -i snapshot.key \$D/snapshot.age | zstd -d -T0 -q -c > \$D/snapshot.db && sha256sum \$D/snapshot.db && rm \$D/snapshot.age"
+echo "# u."
+echo "$BIN --config $CFG_D restore $ID_D --to \$D/out --identity snapshot.key --identity static.key"
 echo '```'
 echo "b config (d differs only in \`targets\`, shown after):"
 echo '```yaml'
