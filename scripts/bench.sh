@@ -329,7 +329,7 @@ source:
   static_resources:
     base_dir: $KUBE
     paths: ["$POD"]
-compression: { level: 3, threads: ${4:-0} }
+compression: { level: 3${4:+, threads: $4} }
 priority: ${3:-low}
 encryption:
   snapshot: { recipients: ["$SNAP_R"] }
@@ -345,8 +345,8 @@ CASES=(a b e f c d)
 GENTLE_RATE=50MiB
 declare -A NAME=(
   [a]="a. shell pipeline → directory"
-  [b]="b. etcd-offsite → file:// (default: priority low)"
-  [e]="e. etcd-offsite → file://, priority normal"
+  [b]="b. etcd-offsite → file:// (defaults: priority low, zstd workers half the cores)"
+  [e]="e. etcd-offsite → file://, fastest (priority normal, zstd workers on all cores)"
   [f]="f. etcd-offsite → file://, gentlest (priority low, 1 zstd thread, read_rate_limit $GENTLE_RATE)"
   [c]="c. shell pipeline → S3 (moto)"
   [d]="d. etcd-offsite → s3:// (moto)"

@@ -107,9 +107,28 @@ pub enum StaticSelection {
 pub struct Compression {
     #[serde(default = "default_level")]
     pub level: i32,
-    /// 0 = all cores.
+    /// zstd workers. Absent: half the cores, at most [`AUTO_THREADS_MAX`] (a control-plane
+    /// host's CPU is etcd's and the API server's first); 0: all cores.
     #[serde(default)]
-    pub threads: u32,
+    pub threads: Option<u32>,
+}
+
+/// Most zstd workers chosen when `compression.threads` is absent: about what one etcd
+/// member's snapshot stream (one core's worth, ~150-200 MB/s) can feed at level 3.
+pub const AUTO_THREADS_MAX: u32 = 4;
+/// Most zstd workers accepted: each holds a 4 MiB job and its output (about 8 MiB).
+const THREADS_MAX: u32 = 64;
+
+impl Compression {
+    /// zstd workers for this host.
+    pub fn workers(&self) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        match self.threads {
+            None => (cores / 2).clamp(1, AUTO_THREADS_MAX),
+            Some(0) => cores.min(THREADS_MAX),
+            Some(n) => n,
+        }
+    }
 }
 
 fn default_level() -> i32 {
@@ -120,7 +139,7 @@ impl Default for Compression {
     fn default() -> Self {
         Self {
             level: default_level(),
-            threads: 0,
+            threads: None,
         }
     }
 }
@@ -414,6 +433,16 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
             format!(
                 "{} is out of range; use 1 (fastest) to 19 (smallest), 3 is the default",
                 raw.compression.level
+            ),
+        ));
+    }
+
+    if raw.compression.threads.is_some_and(|t| t > THREADS_MAX) {
+        return Err(ConfigError::new(
+            "compression.threads",
+            format!(
+                "{} zstd workers would hold about 8 MiB each; use at most {THREADS_MAX}, 0 for all cores, or leave it out (half the cores, at most {AUTO_THREADS_MAX})",
+                raw.compression.threads.unwrap_or_default()
             ),
         ));
     }
@@ -1111,6 +1140,28 @@ mod tests {
         assert_eq!(cfg.compression.level, 3);
         assert_eq!(cfg.targets.static_resources.url, cfg.targets.snapshot.url);
         assert!(cfg.encryption.static_resources.is_none());
+    }
+
+    #[test]
+    fn zstd_workers_default_to_a_share_of_the_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let cfg = parse(&snapshot_only(), Purpose::TakeBackups).expect("valid");
+        assert_eq!(cfg.compression.threads, None);
+        assert_eq!(
+            cfg.compression.workers(),
+            (cores / 2).clamp(1, AUTO_THREADS_MAX)
+        );
+        let with = |threads: &str| {
+            snapshot_only().replace(
+                "cluster: prod-east",
+                &format!("cluster: prod-east\ncompression: {{ threads: {threads} }}"),
+            )
+        };
+        let all = parse(&with("0"), Purpose::TakeBackups).expect("valid");
+        assert_eq!(all.compression.workers(), cores.min(THREADS_MAX));
+        let three = parse(&with("3"), Purpose::TakeBackups).expect("valid");
+        assert_eq!(three.compression.workers(), 3);
+        assert_eq!(err_key(&with("65")), "compression.threads");
     }
 
     #[test]

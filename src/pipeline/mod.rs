@@ -164,11 +164,7 @@ fn zstd_writer<W: Write>(
     compression: Compression,
 ) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     let mut encoder = zstd::stream::write::Encoder::new(inner, compression.level)?;
-    let threads = match compression.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        n => n,
-    };
-    encoder.multithread(threads)?;
+    encoder.multithread(compression.workers())?;
     // zstd's default job at level 3 is 8 MiB per worker (and larger with one worker,
     // which keeps a whole job buffered); 4 MiB halves that memory for about 1% in ratio.
     encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
