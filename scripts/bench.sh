@@ -19,6 +19,7 @@
 #   s. etcd-offsite restore (snapshot + keys archive, every digest checked)
 #   v. etcd-offsite verify with identities (deep verify: decrypt, decompress, digests, trailer, tar)
 #   x. etcd-offsite drill (restore into a scratch etcd, key counts, encrypted values)
+#   y. stock drill: r, then etcdctl snapshot restore, start etcd, count the keys
 # and case d's last backup from S3 on moto:
 #   t. stock: aws s3 cp to a file, then age -d | zstd -d -T0 > file, sha256sum
 #   u. etcd-offsite restore from the s3:// target
@@ -528,18 +529,41 @@ done
 
 # ---- reading back case b's last backup: r (stock), s (restore), v (deep verify), x (drill)
 declare -A B_WALL B_RSS B_SELF
-READ_CASES=(r s v x)
+READ_CASES=(r s v y x)
 S3_READ_CASES=(t u)
 declare -A READ_NAME=(
   [r]="r. stock: age -d | zstd -d -T0 > file; sha256sum file"
   [s]="s. etcd-offsite restore (snapshot + keys archive)"
   [v]="v. etcd-offsite verify --identity (deep)"
   [x]="x. etcd-offsite drill"
+  [y]="y. stock drill: as r, then etcdctl snapshot restore, start etcd, count the keys"
   [t]="t. stock: aws s3 cp to a file, then as r; rm the download"
   [u]="u. etcd-offsite restore from s3:// (snapshot + keys archive)"
 )
 ART_B="$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
-run_read() {  # run_read r|s|v|x RUN
+# stock_drill DIR: what a person does by hand to prove DIR/snapshot.db restores.
+stock_drill() {
+  local d=$1 cp pp pid n
+  cp=$(free_port); pp=$(free_port)
+  timed "$d/4.time" env ETCDCTL_API=3 etcdctl snapshot restore "$d/snapshot.db" --data-dir "$d/etcd" --name drill \
+    --initial-cluster "drill=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" >"$d/restore.log" 2>&1 \
+    || die "case y: etcdctl snapshot restore failed: $(tail -n 3 "$d/restore.log")"
+  etcd --name drill --data-dir "$d/etcd" --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "drill=http://127.0.0.1:$pp" >"$d/etcd.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 300); do
+    etcdctl --endpoints="http://127.0.0.1:$cp" endpoint health >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || die "case y: the restored etcd exited: $(tail -n 3 "$d/etcd.log")"
+    sleep 0.1
+  done
+  n=$(etcdctl --endpoints="http://127.0.0.1:$cp" get "" --prefix --count-only -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') \
+    || die "case y: counting keys in the restored etcd failed"
+  stop_pid "$pid"
+  [ "$n" -gt 0 ] || die "case y: the restored etcd holds no keys"
+  rm -rf "$d/etcd"
+}
+run_read() {  # run_read r|s|v|x|y RUN
   local case=$1 i=$2 d="$W/read-$1/run$2" t0 t1 wall rss=0 self="" f
   mkdir -p "$d"
   sync
@@ -555,10 +579,11 @@ run_read() {  # run_read r|s|v|x RUN
       timed "$d/1.time" "$BIN" --config "$CFG_D" --log-format json restore "$ID_D" --to "$d/out" \
         --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
         || die "case u run $i: restore failed: $(tail -n 3 "$d/output.log")" ;;
-    r)
+    r|y)
       timed "$d/1.time" age -d -i "$W/snapshot.key" "$ART_B" \
         | timed "$d/2.time" zstd -d -T0 -q -c > "$d/snapshot.db"
-      timed "$d/3.time" sha256sum "$d/snapshot.db" > "$d/sha256" ;;
+      timed "$d/3.time" sha256sum "$d/snapshot.db" > "$d/sha256"
+      [ "$case" = y ] && stock_drill "$d" ;;
     s)
       timed "$d/1.time" "$BIN" --config "$CFG_B" --log-format json restore "$ID_B" --to "$d/out" \
         --identity "$W/snapshot.key" --identity "$W/static.key" >"$d/output.log" 2>&1 \
@@ -654,11 +679,11 @@ echo "zstd, age and upload steps leave etcd alone and would dilute its p99), etc
 echo
 echo "Reading back case b's last backup ($(commas "$DB_BYTES") byte snapshot) from its file:// target (median of $RUNS runs):"
 echo
-echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | vs stock |"
+echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | vs stock (r; x: vs y) |"
 echo "| --- | ---: | ---: | ---: | ---: |"
-# shellcheck disable=SC2086
-STOCK_W=$(median ${B_WALL[r]})
 for c in "${READ_CASES[@]}"; do
+  # shellcheck disable=SC2086
+  if [ "$c" = x ]; then STOCK_W=$(median ${B_WALL[y]}); else STOCK_W=$(median ${B_WALL[r]}); fi
   # shellcheck disable=SC2086
   w=$(median ${B_WALL[$c]}); r=$(median ${B_RSS[$c]}); extra=""
   # shellcheck disable=SC2086
@@ -682,7 +707,7 @@ for c in "${S3_READ_CASES[@]}"; do
     "$(awk -v w="$w" -v s="$STOCK_W" 'BEGIN{print w/s}')"
 done
 echo
-echo "Peak RSS of r and t is their largest process (age, zstd, sha256sum); of x the largest of etcd-offsite and the scratch etcd"
+echo "Peak RSS of r and t is their largest process (age, zstd, sha256sum; y adds etcdctl snapshot restore); of x the largest of etcd-offsite and the scratch etcd"
 echo "(etcd-offsite's own peak, from its log, in parentheses). s, u and x write the snapshot to disk, as r and t do."
 echo
 echo "Where the time goes: CPU seconds (user+sys, median over the runs) on $(nproc) cores. \"other\" is what every other"
@@ -746,6 +771,7 @@ echo "$BIN --config $CFG_D backup --no-prune"
 echo "# e, f: as b with the config's priority, compression.threads and read_rate_limit changed (${NAME[e]#e. }; ${NAME[f]#f. })"
 echo "# r. stock decode of case b's backup   (ID = $ID_B)"
 echo "age -d -i snapshot.key $ART_B | zstd -d -T0 -q -c > \$D/snapshot.db && sha256sum \$D/snapshot.db"
+echo "# y. as r, then: etcdctl snapshot restore \$D/snapshot.db --data-dir \$D/etcd ...; etcd --data-dir \$D/etcd ... &; etcdctl get \"\" --prefix --count-only; stop etcd"
 echo "# s, v, x"
 echo "$BIN --config $CFG_B restore $ID_B --to \$D/out --identity snapshot.key --identity static.key"
 echo "$BIN --config $CFG_B verify $ID_B --identity snapshot.key --identity static.key"
