@@ -557,7 +557,7 @@ stock_drill() {
     kill -0 "$pid" 2>/dev/null || die "case y: the restored etcd exited: $(tail -n 3 "$d/etcd.log")"
     sleep 0.1
   done
-  n=$(etcdctl --endpoints="http://127.0.0.1:$cp" get "" --prefix --count-only -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') \
+  n=$(etcdctl --endpoints="http://127.0.0.1:$cp" get "" --from-key --keys-only --limit 1 -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') \
     || die "case y: counting keys in the restored etcd failed"
   stop_pid "$pid"
   [ "$n" -gt 0 ] || die "case y: the restored etcd holds no keys"
