@@ -211,27 +211,23 @@ elif op == "sum-prefix":
     print(total)
 PY
 }
-# The pipeline's upload step as a program, since GNU time cannot run a shell function:
-#   $W/upload ENDPOINT FILE BUCKET KEY
-if [ -n "$AWS_BIN" ]; then
-  printf '#!/usr/bin/env bash\nexec env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 %q --endpoint-url "$1" s3 cp --only-show-errors "$2" "s3://$3/$4"\n' \
-    "$AWS_BIN" > "$W/upload"
-else
-  printf '#!/usr/bin/env bash\nexec python3 -c %q "$@"\n' \
-    'import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test").upload_file(sys.argv[2], sys.argv[3], sys.argv[4])' \
-    > "$W/upload"
-fi
-chmod +x "$W/upload"
-# The stock restore's download step: $W/download ENDPOINT BUCKET KEY FILE
-if [ -n "$AWS_BIN" ]; then
-  printf '#!/usr/bin/env bash\nexec env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 %q --endpoint-url "$1" s3 cp --only-show-errors "s3://$2/$3" "$4"\n' \
-    "$AWS_BIN" > "$W/download"
-else
-  printf '#!/usr/bin/env bash\nexec python3 -c %q "$@"\n' \
-    'import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test").download_file(sys.argv[2], sys.argv[3], sys.argv[4])' \
-    > "$W/download"
-fi
-chmod +x "$W/download"
+# The pipeline's upload step and the stock restore's download step as programs, since GNU
+# time cannot run a shell function: s3_program NAME AWS-CP-ARGS BOTO3-METHOD.
+s3_program() {
+  if [ -n "$AWS_BIN" ]; then
+    printf '#!/usr/bin/env bash\nexec env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 %q --endpoint-url "$1" s3 cp --only-show-errors %s\n' \
+      "$AWS_BIN" "$2" > "$W/$1"
+  else
+    printf '#!/usr/bin/env bash\nexec python3 -c %q "$@"\n' \
+      "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').$3(sys.argv[2], sys.argv[3], sys.argv[4])" \
+      > "$W/$1"
+  fi
+  chmod +x "$W/$1"
+}
+# shellcheck disable=SC2016  # the arguments are the programs' own, expanded when they run
+s3_program upload '"$2" "s3://$3/$4"' upload_file       # $W/upload ENDPOINT FILE BUCKET KEY
+# shellcheck disable=SC2016
+s3_program download '"s3://$2/$3" "$4"' download_file   # $W/download ENDPOINT BUCKET KEY FILE
 
 # ------------------------------------------------------------------ etcd
 CLIENT_PORT=$(free_port); PEER_PORT=$(free_port)
