@@ -93,6 +93,7 @@ cleanup() {
   stop_pid "${PROBE_PID:-}"
   stop_pid "$MOTO_PID"
   stop_pid "$ETCD_PID"
+  stop_pid "${DRILL_PID:-}"
   if [ "$KEEP" = 1 ]; then
     log "work dir kept: $W"
   else
@@ -539,7 +540,7 @@ declare -A READ_NAME=(
 ART_B="$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
 # stock_drill DIR: what a person does by hand to prove DIR/snapshot.db restores.
 stock_drill() {
-  local d=$1 cp pp pid n
+  local d=$1 cp pp n
   cp=$(free_port); pp=$(free_port)
   timed "$d/4.time" env ETCDCTL_API=3 etcdctl snapshot restore "$d/snapshot.db" --data-dir "$d/etcd" --name drill \
     --initial-cluster "drill=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" >"$d/restore.log" 2>&1 \
@@ -547,15 +548,15 @@ stock_drill() {
   etcd --name drill --data-dir "$d/etcd" --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
     --initial-cluster "drill=http://127.0.0.1:$pp" >"$d/etcd.log" 2>&1 &
-  pid=$!
+  DRILL_PID=$!
   for _ in $(seq 300); do
     etcdctl --endpoints="http://127.0.0.1:$cp" endpoint health >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || die "case y: the restored etcd exited: $(tail -n 3 "$d/etcd.log")"
+    kill -0 "$DRILL_PID" 2>/dev/null || die "case y: the restored etcd exited: $(tail -n 3 "$d/etcd.log")"
     sleep 0.1
   done
   n=$(etcdctl --endpoints="http://127.0.0.1:$cp" get "" --from-key --keys-only --limit 1 -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])') \
     || die "case y: counting keys in the restored etcd failed"
-  stop_pid "$pid"
+  stop_pid "$DRILL_PID"; DRILL_PID=""
   [ "$n" -gt 0 ] || die "case y: the restored etcd holds no keys"
   rm -rf "$d/etcd"
 }
