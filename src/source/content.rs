@@ -79,18 +79,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
-/// The `/<root>/<resource>` prefix of a key, or [`OTHER`].
-pub fn prefix_of(key: &[u8]) -> String {
-    let text = String::from_utf8_lossy(key);
-    let mut parts = text.splitn(4, '/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(""), Some(root), Some(resource), Some(_))
-            if !root.is_empty() && !resource.is_empty() =>
-        {
-            format!("/{root}/{resource}")
-        }
-        _ => OTHER.to_string(),
+/// The `/<root>/<resource>` prefix of a key, as the key's own bytes (so that the range
+/// `<prefix>/…` holds exactly the keys with this prefix), or None for keys of another
+/// shape or a prefix that is not UTF-8 (those are counted under [`OTHER`]).
+fn resource_prefix(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(b"/")?;
+    let root = rest.iter().position(|b| *b == b'/')?;
+    let resource = rest[root + 1..].iter().position(|b| *b == b'/')?;
+    if root == 0 || resource == 0 {
+        return None;
     }
+    std::str::from_utf8(&key[..1 + root + 1 + resource]).ok()
 }
 
 /// `(provider, key name)` from kube-apiserver's `k8s:enc:<provider>:<version>:<key name>:` prefix.
@@ -141,20 +140,20 @@ pub async fn read(
         let kvs = page.take_kvs();
         let mut jumped = false;
         for kv in &kvs {
-            let prefix = prefix_of(kv.key());
-            if prefix == OTHER {
+            let Some(prefix) = resource_prefix(kv.key()) else {
                 facts.add(OTHER.to_string(), 1);
                 start = kv.key().to_vec();
                 start.push(0);
                 continue;
-            }
+            };
+            // The key starts with `range`, so its end lies past the key: the scan advances.
             let range = format!("{prefix}/");
             let options = GetOptions::new()
                 .with_prefix()
                 .with_count_only()
                 .with_revision(revision);
             let count = client.get(range.as_str(), Some(options)).await?.count();
-            facts.add(prefix, u64::try_from(count).unwrap_or_default());
+            facts.add(prefix.to_string(), u64::try_from(count).unwrap_or_default());
             start = prefix_end(range.as_bytes());
             jumped = true;
             break;
@@ -215,20 +214,33 @@ mod tests {
     #[test]
     fn prefixes_and_encryption_markers() {
         assert_eq!(
-            prefix_of(b"/kubernetes.io/secrets/ns/name"),
-            "/kubernetes.io/secrets"
+            resource_prefix(b"/kubernetes.io/secrets/ns/name"),
+            Some("/kubernetes.io/secrets")
         );
         assert_eq!(
-            prefix_of(b"/openshift.io/routes/ns/r"),
-            "/openshift.io/routes"
+            resource_prefix(b"/openshift.io/routes/ns/r"),
+            Some("/openshift.io/routes")
         );
-        assert_eq!(prefix_of(b"/registry/pods/default/p"), "/registry/pods");
         assert_eq!(
-            prefix_of(b"/kubernetes.io/ranges/serviceips"),
-            "/kubernetes.io/ranges"
+            resource_prefix(b"/registry/pods/default/p"),
+            Some("/registry/pods")
         );
-        assert_eq!(prefix_of(b"/short/key"), OTHER);
-        assert_eq!(prefix_of(b"plain"), OTHER);
+        assert_eq!(
+            resource_prefix(b"/kubernetes.io/ranges/serviceips"),
+            Some("/kubernetes.io/ranges")
+        );
+        assert_eq!(resource_prefix(b"/short/key"), None);
+        assert_eq!(resource_prefix(b"plain"), None);
+        assert_eq!(resource_prefix(b"//pods/x"), None);
+        assert_eq!(resource_prefix(b"/registry//x"), None);
+        assert_eq!(resource_prefix(b"/registry/pods/"), Some("/registry/pods"));
+        // Not UTF-8: replacing the bytes would name a range that does not hold the key
+        // (and could send the skip scan backwards), so it is counted one by one.
+        assert_eq!(resource_prefix(b"/registry/\xff\xfe/x"), None);
+        assert_eq!(
+            resource_prefix(b"/registry/pods/\xff"),
+            Some("/registry/pods")
+        );
 
         let value = b"k8s:enc:aescbc:v1:key1:\x00\x01binary";
         assert_eq!(
