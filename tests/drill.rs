@@ -93,6 +93,7 @@ fn load_cluster(etcd: &EtcdServer) {
         "/kubernetes.io/pods-extra/a",
         "/kubernetes.io/pods0",
         "/kubernetes.io/ranges/serviceips",
+        "/kubernetes.io/~tilde/x", // past `z`, where the key search stops going letter by letter
         "/short",
         "plain-1",
         "plain-2",
@@ -200,8 +201,9 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
         "{content}"
     );
     assert_eq!(content["prefixes"]["/kubernetes.io/ranges"], 1, "{content}");
+    assert_eq!(content["prefixes"]["/kubernetes.io/~tilde"], 1, "{content}");
     assert_eq!(content["prefixes"]["(other)"], 6, "{content}");
-    assert_eq!(content["keys"], 400 + 12 + 12 + 8, "{content}");
+    assert_eq!(content["keys"], 400 + 12 + 12 + 9, "{content}");
     let uses: Vec<String> = content["encryption"]
         .as_array()
         .unwrap()

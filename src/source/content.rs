@@ -70,13 +70,71 @@ impl ContentFacts {
     }
 }
 
-/// The first key past every key that starts with `prefix` (which ends in `/`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
+/// Leading bytes of a path segment that [`next_key`] searches letter by letter.
+const STEPPED_BYTES: usize = 2;
+
+/// The first key at or after `start`, and the end of the window it was found in (None:
+/// unbounded). etcd 3.4 walks the whole requested range of its index for a range request,
+/// even with a limit of 1, under the index's read lock, which writes wait for: asking for
+/// "the first key from `start` on" would walk every later key, once per prefix. So the
+/// search goes through small windows first, from the deepest byte of `start` outwards:
+/// keys that share more of `start`, and at the first [`STEPPED_BYTES`] bytes of each path
+/// segment one window per following letter (the next resource usually differs from the
+/// last one there), each a request that walks only the keys inside it.
+async fn next_key(
+    client: &mut Client,
+    start: &[u8],
+    revision: i64,
+) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, etcd_client::Error> {
+    let mut low = start.to_vec();
+    for i in (0..start.len()).rev() {
+        let segment = start[..i]
+            .iter()
+            .rposition(|b| *b == b'/')
+            .map_or(0, |p| p + 1);
+        // The end of the window of keys that have `letter` at byte `i`.
+        let end_with = |letter: u8| match letter.checked_add(1) {
+            Some(next) => Some([&start[..i], &[next]].concat()),
+            None => increment(&start[..i]),
+        };
+        let highs: Vec<Option<Vec<u8>>> = if i - segment < STEPPED_BYTES {
+            // Letter by letter up to `z` (resource names are `[a-z0-9.-]`), then the rest.
+            (start[i]..=start[i].max(b'z'))
+                .map(end_with)
+                .chain([increment(&start[..i])])
+                .collect()
+        } else {
+            vec![end_with(start[i])]
+        };
+        for high in highs {
+            if high.as_ref().is_none_or(|high| *high > low) {
+                let options = GetOptions::new().with_keys_only().with_limit(1);
+                let options = match &high {
+                    Some(high) => options.with_range(high.clone()),
+                    None => options.with_from_key(),
+                };
+                let mut found = client
+                    .get(low.clone(), Some(options.with_revision(revision)))
+                    .await?;
+                if let Some(kv) = found.take_kvs().into_iter().next() {
+                    return Ok(Some((kv.key().to_vec(), high)));
+                }
+            }
+            match high {
+                Some(high) => low = high,
+                None => return Ok(None),
+            }
+        }
     }
-    end
+    Ok(None)
+}
+
+/// The smallest key past every key that starts with `prefix`; None when there is none.
+fn increment(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != u8::MAX)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 /// The `/<root>/<resource>` prefix of a key, as the key's own bytes (so that the range
@@ -126,26 +184,10 @@ pub async fn read(
     // request (answered from etcd's in-memory index, no values read) counts the whole
     // prefix, and the scan jumps past it. A keys-only range would make etcd read every
     // value from disk and compete with the snapshot. Keys outside the
-    // `/<root>/<resource>/…` shape are listed in growing pages.
+    // `/<root>/<resource>/…` shape are listed a page at a time.
     let mut start = vec![0u8];
-    let mut limit = 1;
-    loop {
-        let options = GetOptions::new()
-            .with_from_key()
-            .with_keys_only()
-            .with_limit(limit)
-            .with_revision(revision);
-        let mut page = client.get(start.clone(), Some(options)).await?;
-        let more = page.more();
-        let kvs = page.take_kvs();
-        let mut jumped = false;
-        for kv in &kvs {
-            let Some(prefix) = resource_prefix(kv.key()) else {
-                facts.add(OTHER.to_string(), 1);
-                start = kv.key().to_vec();
-                start.push(0);
-                continue;
-            };
+    while let Some((key, window_end)) = next_key(client, &start, revision).await? {
+        if let Some(prefix) = resource_prefix(&key) {
             // The key starts with `range`, so its end lies past the key: the scan advances.
             let range = format!("{prefix}/");
             let options = GetOptions::new()
@@ -154,14 +196,29 @@ pub async fn read(
                 .with_revision(revision);
             let count = client.get(range.as_str(), Some(options)).await?.count();
             facts.add(prefix.to_string(), u64::try_from(count).unwrap_or_default());
-            start = prefix_end(range.as_bytes());
-            jumped = true;
-            break;
+            let Some(end) = increment(range.as_bytes()) else {
+                break; // unreachable: `range` ends in '/'
+            };
+            start = end;
+            continue;
         }
-        if kvs.is_empty() || !(more || jumped) {
-            break;
+        // Within the window `key` was found in, up to the next key that has a prefix.
+        let options = GetOptions::new().with_keys_only().with_limit(PAGE);
+        let options = match window_end {
+            Some(end) => options.with_range(end),
+            None => options.with_from_key(),
+        };
+        let mut page = client
+            .get(key, Some(options.with_revision(revision)))
+            .await?;
+        for kv in page.take_kvs() {
+            if resource_prefix(kv.key()).is_some() {
+                break;
+            }
+            facts.add(OTHER.to_string(), 1);
+            start = kv.key().to_vec();
+            start.push(0);
         }
-        limit = if jumped { 1 } else { (limit * 2).min(PAGE) };
     }
 
     let mut samples = Vec::new();
@@ -241,6 +298,14 @@ mod tests {
             resource_prefix(b"/registry/pods/\xff"),
             Some("/registry/pods")
         );
+
+        assert_eq!(
+            increment(b"/registry/pods/"),
+            Some(b"/registry/pods0".to_vec())
+        );
+        assert_eq!(increment(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(increment(b"\xff"), None);
+        assert_eq!(increment(b""), None);
 
         let value = b"k8s:enc:aescbc:v1:key1:\x00\x01binary";
         assert_eq!(
