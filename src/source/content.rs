@@ -75,8 +75,9 @@ const STEPPED_BYTES: usize = 2;
 
 /// The first key at or after `start`, and the end of the window it was found in (None:
 /// unbounded). etcd 3.4 walks the whole requested range of its index for a range request,
-/// even with a limit of 1, under the index's read lock, which writes wait for: asking for
-/// "the first key from `start` on" would walk every later key, once per prefix. So the
+/// even with a limit of 1 (some releases under the index's read lock, which writes wait
+/// for): asking for "the first key from `start` on" would walk every later key, once per
+/// prefix. So the
 /// search goes through small windows first, from the deepest byte of `start` outwards:
 /// keys that share more of `start`, and at the first [`STEPPED_BYTES`] bytes of each path
 /// segment one window per following letter (the next resource usually differs from the
