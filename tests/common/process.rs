@@ -402,20 +402,46 @@ pub(crate) fn start_listener(
 }
 
 /// Waits for `child` at most `limit`; a run that hangs is killed and the test fails.
+/// Its stdout and stderr are read while it runs: a full pipe (64 KiB of `-vv` logs) would
+/// otherwise block the child and look like a hang.
 pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
         if started.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "{what}: still running after {limit:?}\n{}",
-                describe_output(&out)
-            );
+            timed_out = true;
+            break child.wait().expect("wait");
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    if timed_out {
+        panic!(
+            "{what}: still running after {limit:?}\n{}",
+            describe_output(&out)
+        );
     }
-    child.wait_with_output().expect("output")
+    out
 }
 
 /// Starts `cmd` with stdin closed and stdout/stderr captured.
