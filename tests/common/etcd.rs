@@ -1,4 +1,5 @@
-//! A real etcd per test (plain or mutual TLS), its certificates and etcdctl checks.
+//! A real etcd per test (plain or mutual TLS, etcd 3.4 or 3.5), its certificates and
+//! etcdctl checks.
 
 use std::collections::BTreeMap;
 use std::fs::{self};
@@ -11,6 +12,115 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tempfile::TempDir;
 
 use super::*;
+
+// ------------------------------------------------------------------ etcd releases
+
+/// Where `scripts/setup.sh` installs the etcd 3.5.1 binaries (etcd, etcdctl, etcdutl).
+pub const ETCD35_DIR: &str = "/opt/etcd-v3.5.1";
+
+/// The etcd release a test runs against: Debian's 3.4 (on PATH) or the real 3.5.1
+/// binaries in [`ETCD35_DIR`]. Chosen per test, never by the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdVersion {
+    V34,
+    V35,
+}
+
+impl EtcdVersion {
+    /// Both releases, for tests that run on each.
+    pub const ALL: [EtcdVersion; 2] = [EtcdVersion::V34, EtcdVersion::V35];
+
+    /// `3.4` or `3.5`.
+    pub fn minor(self) -> &'static str {
+        match self {
+            EtcdVersion::V34 => "3.4",
+            EtcdVersion::V35 => "3.5",
+        }
+    }
+
+    /// The directory holding this release's `etcd`, `etcdctl` (and for 3.5 `etcdutl`),
+    /// checked once: `etcd --version` must print this release. Panics with the fix when
+    /// it is missing: a test that needs 3.5 fails loudly, it never passes on 3.4.
+    pub fn bin_dir(self) -> &'static Path {
+        static DIRS: [std::sync::OnceLock<Result<PathBuf, String>>; 2] =
+            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+        let found = DIRS[self as usize].get_or_init(|| self.find_bin_dir());
+        match found {
+            Ok(dir) => dir,
+            Err(why) => panic!("etcd {} is not usable: {why}", self.minor()),
+        }
+    }
+
+    fn find_bin_dir(self) -> Result<PathBuf, String> {
+        let dir = match self {
+            EtcdVersion::V35 => PathBuf::from(ETCD35_DIR),
+            EtcdVersion::V34 => std::env::var_os("PATH")
+                .and_then(|path| std::env::split_paths(&path).find(|d| d.join("etcd").is_file()))
+                .ok_or("no `etcd` on PATH; run `bash scripts/setup.sh` (Debian: etcd-server)")?,
+        };
+        let etcd = dir.join("etcd");
+        let out = Command::new(&etcd).arg("--version").output().map_err(|e| {
+            format!(
+                "cannot run {}: {e}; run `bash scripts/setup.sh`, which installs it",
+                etcd.display()
+            )
+        })?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let wanted = format!("etcd Version: {}.", self.minor());
+        if !text.lines().any(|l| l.starts_with(&wanted)) {
+            return Err(format!(
+                "{} --version does not print {wanted}x:\n{text}",
+                etcd.display()
+            ));
+        }
+        for tool in self.tools() {
+            if !dir.join(tool).is_file() {
+                return Err(format!(
+                    "{} is missing; run `bash scripts/setup.sh`",
+                    dir.join(tool).display()
+                ));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The binaries this release comes with.
+    fn tools(self) -> &'static [&'static str] {
+        match self {
+            EtcdVersion::V34 => &["etcd", "etcdctl"],
+            EtcdVersion::V35 => &["etcd", "etcdctl", "etcdutl"],
+        }
+    }
+
+    /// The full path of one of this release's binaries (`etcd`, `etcdctl`, `etcdutl`).
+    pub fn tool(self, name: &str) -> PathBuf {
+        self.bin_dir().join(name)
+    }
+
+    /// This release's `etcdctl` with ETCDCTL_API=3.
+    pub fn etcdctl(self) -> Command {
+        let mut c = Command::new(self.tool("etcdctl"));
+        c.env("ETCDCTL_API", "3");
+        c
+    }
+
+    /// The tool that restores a snapshot into a data dir: `etcdutl` where the release has
+    /// it (3.5 deprecates `etcdctl snapshot restore`, 3.6 removes it), else `etcdctl`.
+    pub fn snapshot_restore(self) -> Command {
+        match self {
+            EtcdVersion::V34 => {
+                let mut c = self.etcdctl();
+                c.args(["snapshot", "restore"]);
+                c
+            }
+            EtcdVersion::V35 => {
+                let mut c = Command::new(self.tool("etcdutl"));
+                c.args(["snapshot", "restore"]);
+                c
+            }
+        }
+    }
+}
 
 // ------------------------------------------------------------------ etcd
 
@@ -125,16 +235,16 @@ pub fn generate_tls(dir: &Path) -> TlsFiles {
     }
 }
 
-/// Flags every test etcd gets (big transactions for the loader, big quota).
-/// `etcd` for one new member `name` on loopback URLs, with [`ETCD_COMMON_FLAGS`].
+/// `etcd` of `version` for one new member `name` on loopback URLs, with [`ETCD_COMMON_FLAGS`].
 fn etcd_command(
+    version: EtcdVersion,
     name: &str,
     data_dir: &Path,
     client_url: &str,
     peer_url: &str,
     initial_cluster: &str,
 ) -> Command {
-    let mut cmd = Command::new("etcd");
+    let mut cmd = Command::new(version.tool("etcd"));
     cmd.args(["--name", name])
         .arg("--data-dir")
         .arg(data_dir)
@@ -148,6 +258,7 @@ fn etcd_command(
     cmd
 }
 
+/// Flags every test etcd gets (big transactions for the loader, big quota).
 pub const ETCD_COMMON_FLAGS: &[&str] = &[
     "--max-txn-ops",
     "10000",
@@ -160,6 +271,7 @@ pub const ETCD_COMMON_FLAGS: &[&str] = &[
 /// A single-member etcd on loopback, in its own TempDir; SIGKILLed on drop.
 pub struct EtcdServer {
     svc: Option<Service>,
+    version: EtcdVersion,
     name: String,
     client_port: u16,
     peer_port: u16,
@@ -170,13 +282,27 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Starts a fresh etcd; `tls` = https client URL with client-cert auth.
+    /// Starts a fresh etcd 3.4; `tls` = https client URL with client-cert auth.
     pub fn start(tls: bool) -> EtcdServer {
-        Self::start_with_args(tls, &[])
+        Self::start_version(EtcdVersion::V34, tls)
     }
 
     /// Like [`EtcdServer::start`] with extra etcd flags (e.g. `["--snapshot-count", "100"]`).
     pub fn start_with_args(tls: bool, extra_args: &[&str]) -> EtcdServer {
+        Self::start_version_with_args(EtcdVersion::V34, tls, extra_args)
+    }
+
+    /// Starts a fresh etcd of `version` (panics when that release is not installed).
+    pub fn start_version(version: EtcdVersion, tls: bool) -> EtcdServer {
+        Self::start_version_with_args(version, tls, &[])
+    }
+
+    /// [`EtcdServer::start_version`] with extra etcd flags.
+    pub fn start_version_with_args(
+        version: EtcdVersion,
+        tls: bool,
+        extra_args: &[&str],
+    ) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("etcd-test-")
             .tempdir()
@@ -185,6 +311,7 @@ impl EtcdServer {
         let data_dir = dir.path().join("data");
         let mut e = EtcdServer {
             svc: None,
+            version,
             name: "default".into(),
             client_port: 0,
             peer_port: 0,
@@ -197,10 +324,15 @@ impl EtcdServer {
         e
     }
 
-    /// Restores `snapshot_file` with `etcdctl snapshot restore` (which checks the
-    /// snapshot's hash trailer) into a new data dir and starts a plain etcd on it:
+    /// Restores `snapshot_file` with etcd 3.4's `etcdctl snapshot restore` (which checks
+    /// the snapshot's hash trailer) into a new data dir and starts a plain etcd on it:
     /// proof that a snapshot boots. Panics with etcdctl's output if restore fails.
     pub fn start_from_snapshot(snapshot_file: &Path) -> EtcdServer {
+        Self::start_version_from_snapshot(EtcdVersion::V34, snapshot_file)
+    }
+
+    /// [`EtcdServer::start_from_snapshot`] with `version`'s tools (3.5: `etcdutl`) and etcd.
+    pub fn start_version_from_snapshot(version: EtcdVersion, snapshot_file: &Path) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("etcd-restored-")
             .tempdir()
@@ -208,6 +340,7 @@ impl EtcdServer {
         let data_dir = dir.path().join("data");
         let mut e = EtcdServer {
             svc: None,
+            version,
             name: "restored".into(),
             client_port: 0,
             peer_port: 0,
@@ -261,14 +394,11 @@ impl EtcdServer {
         self.svc = Some(svc);
     }
 
-    /// `etcdctl snapshot restore` of `snap` into a fresh data dir.
+    /// `snapshot restore` of `snap` into a fresh data dir, with this release's tool.
     fn restore_data_dir(&self, snap: &Path, peer_port: u16) {
         let _ = fs::remove_dir_all(&self.data_dir);
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("snapshot")
-            .arg("restore")
-            .arg(snap)
+        let mut c = self.version.snapshot_restore();
+        c.arg(snap)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--name")
@@ -280,7 +410,8 @@ impl EtcdServer {
         let out = run(&mut c);
         if !out.status.success() {
             panic!(
-                "etcdctl snapshot restore of {} failed:\n{}",
+                "etcd {} snapshot restore of {} failed:\n{}",
+                self.version.minor(),
                 snap.display(),
                 describe_output(&out)
             );
@@ -292,6 +423,7 @@ impl EtcdServer {
         let client_url = format!("{}://127.0.0.1:{client_port}", self.scheme());
         let peer_url = Self::peer_url(peer_port);
         let mut cmd = etcd_command(
+            self.version,
             &self.name,
             &self.data_dir,
             &client_url,
@@ -313,9 +445,8 @@ impl EtcdServer {
 
     /// `etcdctl endpoint health` against the server on `client_port`.
     fn healthy_at(&self, client_port: u16) -> bool {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
+        let mut c = self.version.etcdctl();
+        c.arg("--endpoints")
             .arg(format!("{}://127.0.0.1:{client_port}", self.scheme()));
         self.tls_args(&mut c);
         c.args([
@@ -336,6 +467,11 @@ impl EtcdServer {
 
     pub fn client_port(&self) -> u16 {
         self.client_port
+    }
+
+    /// The etcd release this server runs.
+    pub fn version(&self) -> EtcdVersion {
+        self.version
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -371,12 +507,11 @@ impl EtcdServer {
         }
     }
 
-    /// `etcdctl` with ETCDCTL_API=3, --endpoints and (for TLS) --cacert/--cert/--key.
+    /// This release's `etcdctl` with ETCDCTL_API=3, --endpoints and (for TLS)
+    /// --cacert/--cert/--key.
     pub fn etcdctl(&self) -> Command {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint());
+        let mut c = self.version.etcdctl();
+        c.arg("--endpoints").arg(self.endpoint());
         self.tls_args(&mut c);
         c
     }
@@ -516,15 +651,20 @@ impl Drop for EtcdServer {
     }
 }
 
-/// Checks a snapshot the way a restore would (`etcdctl snapshot restore` into a
-/// scratch dir, which verifies the SHA-256 trailer). Err carries etcdctl's output.
+/// Checks a snapshot the way a restore would (etcd 3.4's `etcdctl snapshot restore` into
+/// a scratch dir, which verifies the SHA-256 trailer). Err carries etcdctl's output.
 pub fn snapshot_restore_check(snapshot_file: &Path) -> Result<(), String> {
+    snapshot_restore_check_with(EtcdVersion::V34, snapshot_file)
+}
+
+/// [`snapshot_restore_check`] with `version`'s restore tool (3.5: `etcdutl`).
+pub fn snapshot_restore_check_with(
+    version: EtcdVersion,
+    snapshot_file: &Path,
+) -> Result<(), String> {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut c = Command::new("etcdctl");
-    c.env("ETCDCTL_API", "3")
-        .arg("snapshot")
-        .arg("restore")
-        .arg(snapshot_file)
+    let mut c = version.snapshot_restore();
+    c.arg(snapshot_file)
         .arg("--data-dir")
         .arg(tmp.path().join("data"));
     let out = run(&mut c);
@@ -540,6 +680,7 @@ pub fn snapshot_restore_check(snapshot_file: &Path) -> Result<(), String> {
 /// An etcd cluster of `n` plain members on loopback (`m0`, `m1`, ...), one TempDir with a
 /// data dir and a log per member; every member SIGKILLed on drop.
 pub struct EtcdCluster {
+    version: EtcdVersion,
     members: Vec<Option<Service>>,
     /// (client port, peer port) per member.
     ports: Vec<(u16, u16)>,
@@ -547,14 +688,21 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members together (each waits for its peers) and waits until every one
-    /// answers `endpoint health`. Port clashes start the whole cluster again on new ports.
+    /// Starts `n` etcd 3.4 members together (each waits for its peers) and waits until
+    /// every one answers `endpoint health`. Port clashes start the whole cluster again on
+    /// new ports.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_version(EtcdVersion::V34, n)
+    }
+
+    /// [`EtcdCluster::start`] with members of `version`.
+    pub fn start_version(version: EtcdVersion, n: usize) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("etcd-cluster-")
             .tempdir()
             .expect("tempdir");
         let mut cluster = EtcdCluster {
+            version,
             members: Vec::new(),
             ports: Vec::new(),
             dir,
@@ -618,6 +766,7 @@ impl EtcdCluster {
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = etcd_command(
+            self.version,
             &format!("m{i}"),
             &self.data_dir(i),
             &client_url,
@@ -647,13 +796,16 @@ impl EtcdCluster {
         (0..self.member_count()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// `etcdctl` (API 3) against member `i` only.
+    /// This release's `etcdctl` (API 3) against member `i` only.
     pub fn etcdctl(&self, i: usize) -> Command {
-        let mut c = Command::new("etcdctl");
-        c.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint(i));
+        let mut c = self.version.etcdctl();
+        c.arg("--endpoints").arg(self.endpoint(i));
         c
+    }
+
+    /// The etcd release the members run.
+    pub fn version(&self) -> EtcdVersion {
+        self.version
     }
 
     /// Member `i` answers `endpoint health` (a quorum read: the cluster has a leader).
