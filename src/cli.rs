@@ -81,7 +81,7 @@ pub struct BackupArgs {
     pub force: bool,
     /// Skip (exit 4) when a backup started within this window, e.g. `30m`: the same
     /// CronJob on every control-plane host then produces one backup.
-    #[arg(long, value_parser = crate::config::parse_bounded_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub skip_if_newer_than: Option<std::time::Duration>,
 }
 

@@ -1,69 +1,16 @@
-//! etcd-offsite: ship etcd backups off the cluster.
-
-mod cli;
-mod commands;
-mod config;
-mod drill;
-mod error;
-mod kube_encryption;
-mod manifest;
-mod pipeline;
-mod priority;
-mod retention;
-mod signing;
-mod source;
-mod store;
-mod telemetry;
+//! etcd-offsite: parse the command line, run it, turn the outcome into an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// A scratch directory for unit tests; the program itself never writes temporary files.
-#[cfg(test)]
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a scratch directory for a test")
-}
-
-/// Cases per property test: 256, times the fault suite's `ETCD_OFFSITE_FAULTS_LONG` (1: 5
-/// times, a number N > 1: N times) for the long version.
-#[cfg(test)]
-fn property_cases() -> u32 {
-    let scale = match std::env::var("ETCD_OFFSITE_FAULTS_LONG")
-        .unwrap_or_default()
-        .trim()
-    {
-        "" | "0" | "false" | "no" => 1,
-        other => other.parse::<u32>().ok().filter(|n| *n > 1).unwrap_or(5),
-    };
-    256 * scale
-}
-
-/// The proptest settings of the property tests: [`property_cases`] cases, nothing persisted.
-#[cfg(test)]
-fn property_config() -> proptest::prelude::ProptestConfig {
-    proptest::prelude::ProptestConfig {
-        cases: property_cases(),
-        failure_persistence: None,
-        ..proptest::prelude::ProptestConfig::default()
-    }
-}
+use etcd_offsite::{cli::Cli, error::exit_kind};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    telemetry::init(cli.log_format, cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(error::ExitKind::Runtime as u8);
-        }
-    };
-    match runtime.block_on(commands::run(cli)) {
+    match etcd_offsite::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(error::exit_kind(&err) as u8)
+            ExitCode::from(exit_kind(&err) as u8)
         }
     }
 }

@@ -28,8 +28,12 @@ use crate::telemetry;
 const FRESH_CLUSTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 pub async fn run(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
+    let window = args
+        .skip_if_newer_than
+        .map(|w| crate::duration::bounded_flag("--skip-if-newer-than", w))
+        .transpose()?;
     let targets = Targets::open(config)?;
-    let not_before = args.skip_if_newer_than.map(|window| {
+    let not_before = window.map(|window| {
         Utc::now() - chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX)
     });
     let manifest = execute(config, &targets, args.force, not_before).await?;

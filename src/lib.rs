@@ -1,0 +1,55 @@
+//! etcd-offsite: ship etcd backups off the cluster.
+
+pub mod cli;
+mod commands;
+mod config;
+mod drill;
+mod duration;
+pub mod error;
+mod kube_encryption;
+mod manifest;
+mod pipeline;
+mod priority;
+mod retention;
+mod signing;
+mod source;
+mod store;
+mod telemetry;
+
+/// Runs the parsed command line: logging, the async runtime, the command.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    telemetry::init(cli.log_format, cli.verbose, cli.quiet);
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(commands::run(cli))
+}
+
+/// A scratch directory for unit tests; the program itself never writes temporary files.
+#[cfg(test)]
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a scratch directory for a test")
+}
+
+/// Cases per property test: 256, times the fault suite's `ETCD_OFFSITE_FAULTS_LONG` (1: 5
+/// times, a number N > 1: N times) for the long version.
+#[cfg(test)]
+fn property_cases() -> u32 {
+    let scale = match std::env::var("ETCD_OFFSITE_FAULTS_LONG")
+        .unwrap_or_default()
+        .trim()
+    {
+        "" | "0" | "false" | "no" => 1,
+        other => other.parse::<u32>().ok().filter(|n| *n > 1).unwrap_or(5),
+    };
+    256 * scale
+}
+
+/// The proptest settings of the property tests: [`property_cases`] cases, nothing persisted.
+#[cfg(test)]
+fn property_config() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: property_cases(),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
