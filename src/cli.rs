@@ -166,6 +166,10 @@ pub struct DrillArgs {
     /// Where the scratch etcd's data goes (needs about twice the snapshot's size); removed afterwards.
     #[arg(long, env = "ETCD_OFFSITE_SCRATCH_DIR", default_value = "/var/tmp")]
     pub scratch_dir: PathBuf,
+    /// Directory with the etcd release to drill with (`etcd` and `etcdutl`, or a 3.4
+    /// `etcdctl`) instead of those on PATH: use the release the cluster runs.
+    #[arg(long, value_name = "DIR")]
+    pub etcd_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

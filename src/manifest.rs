@@ -64,6 +64,9 @@ pub enum SourceInfo {
         /// Hex, as `etcdctl member list -w table` prints it.
         member_id: String,
         etcd_version: String,
+        /// The bbolt file's storage version, where etcd reports it (3.6+).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage_version: Option<String>,
         revision: i64,
         db_size: u64,
     },
@@ -461,14 +464,23 @@ mod tests {
                     "[0-9a-f]{1,16}",
                     any::<String>(),
                     any::<i64>(),
-                    any::<u64>()
+                    any::<u64>(),
+                    proptest::option::of("3\\.[0-9]\\.0"),
                 )
                     .prop_map(
-                        |(endpoint, member_id, etcd_version, revision, db_size)| {
+                        |(
+                            endpoint,
+                            member_id,
+                            etcd_version,
+                            revision,
+                            db_size,
+                            storage_version,
+                        )| {
                             SourceInfo::Etcd {
                                 endpoint,
                                 member_id,
                                 etcd_version,
+                                storage_version,
                                 revision,
                                 db_size,
                             }

@@ -157,7 +157,17 @@ fn check<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 
 #[test]
 fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
-    let etcd = EtcdServer::start(false);
+    drill_proves_the_backup(EtcdVersion::V34);
+}
+
+#[test]
+fn a_drill_of_an_etcd_35_backup_runs_its_tools_and_warns_about_older_ones() {
+    drill_proves_the_backup(EtcdVersion::V35);
+}
+
+/// Backup of a Kubernetes-like etcd of `version`, drilled with that release's tools.
+fn drill_proves_the_backup(version: EtcdVersion) {
+    let etcd = EtcdServer::start_version(version, false);
     load_cluster(&etcd);
     let fx = Fixture::new();
     write_encryption_config(&fx, &CBC_KEY);
@@ -222,10 +232,15 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
     let drill_prom = fx.path("drill.prom");
     let out = run(drill_cmd(&fx, &config, None)
         .arg("--metrics-textfile")
-        .arg(&drill_prom));
+        .arg(&drill_prom)
+        .arg("--etcd-bin-dir")
+        .arg(version.bin_dir()));
     assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
     let record = json(&out);
     assert_eq!(record["ok"], true, "{record}");
+    let served_by = manifest["source"]["etcd_version"].as_str().unwrap();
+    assert_eq!(record["etcd_version"], served_by, "{record}");
+    assert!(record.get("warnings").is_none(), "{record}");
     let metrics = prometheus_samples(&drill_prom);
     assert_eq!(
         metrics["etcd_offsite_drills_total{result=success}"], 1.0,
@@ -266,6 +281,45 @@ fn a_drill_proves_the_backup_restores_and_its_keys_open_the_data() {
         fx.cmd(&config)
             .args(["status", "--max-age", "1h", "--max-drill-age", "1h"]),
     );
+
+    if version == EtcdVersion::V35 {
+        // PATH's etcd 3.4 restores a 3.5 snapshot silently: the drill passes, says which
+        // release it ran and warns that it is older than the snapshot's server.
+        let out = drill(&fx, &config, None);
+        assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+        let record = json(&out);
+        assert!(
+            record["etcd_version"].as_str().unwrap().starts_with("3.4."),
+            "{record}"
+        );
+        let warning = record["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains(&format!("older than the etcd {served_by}"))
+                && warning.contains("--etcd-bin-dir"),
+            "{record}"
+        );
+        assert!(
+            stderr_str(&out).contains("older than the etcd"),
+            "{}",
+            describe_output(&out)
+        );
+        // A tools directory with etcd but no restore tool: the drill cannot run (exit 1)
+        // and names what it needs.
+        let tools = fx.path("only-etcd");
+        std::fs::create_dir_all(&tools).unwrap();
+        std::os::unix::fs::symlink(version.tool("etcd"), tools.join("etcd")).unwrap();
+        let out = run(drill_cmd(&fx, &config, None)
+            .arg("--etcd-bin-dir")
+            .arg(&tools));
+        assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+        assert!(
+            stderr_str(&out).contains("neither `etcdutl` nor `etcdctl` is in")
+                && stderr_str(&out).contains("etcdutl snapshot restore"),
+            "{}",
+            describe_output(&out)
+        );
+        return;
+    }
 
     // The recorded counts differ from what the snapshot restores to (a test-only edit of
     // the unsigned manifest): exit 3, naming the prefix.

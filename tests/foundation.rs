@@ -148,7 +148,16 @@ fn static_archive_opens_only_with_its_own_identity() {
 
 #[test]
 fn a_dead_first_endpoint_fails_over_to_the_next() {
-    let etcd = EtcdServer::start(false);
+    dead_first_endpoint(EtcdVersion::V34);
+}
+
+#[test]
+fn a_dead_first_endpoint_fails_over_to_the_next_on_etcd_35() {
+    dead_first_endpoint(EtcdVersion::V35);
+}
+
+fn dead_first_endpoint(version: EtcdVersion) {
+    let etcd = EtcdServer::start_version(version, false);
     etcd.load(200, 100);
     let fx = Fixture::new();
     let dead = format!("http://127.0.0.1:{}", free_port());
@@ -165,7 +174,16 @@ fn a_dead_first_endpoint_fails_over_to_the_next() {
 
 #[test]
 fn etcd_killed_mid_snapshot_leaves_no_manifest() {
-    let mut etcd = EtcdServer::start(false);
+    killed_mid_snapshot(EtcdVersion::V34);
+}
+
+#[test]
+fn etcd_35_killed_mid_snapshot_leaves_no_manifest() {
+    killed_mid_snapshot(EtcdVersion::V35);
+}
+
+fn killed_mid_snapshot(version: EtcdVersion) {
+    let mut etcd = EtcdServer::start_version(version, false);
     // Large enough that the stream is still running when etcd dies.
     etcd.load(1500, 100_000);
     let fx = Fixture::new();

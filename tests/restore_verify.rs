@@ -315,7 +315,17 @@ fn assert_nothing_restored(dir: &Path, what: &str) {
 /// opens with `tar` with its modes.
 #[test]
 fn restore_round_trips_into_a_started_etcd() {
-    let etcd = EtcdServer::start(false);
+    restore_round_trip(EtcdVersion::V34);
+}
+
+#[test]
+fn restore_of_an_etcd_35_backup_round_trips_into_a_started_etcd_35() {
+    restore_round_trip(EtcdVersion::V35);
+}
+
+/// Deep verify, then restore and a started etcd of `version` (3.5: restored with etcdutl).
+fn restore_round_trip(version: EtcdVersion) {
+    let etcd = EtcdServer::start_version(version, false);
     etcd.load(2000, 300);
     etcd.put(
         "/registry/secrets/openshift-etcd/etcd-all-certs",
@@ -334,6 +344,8 @@ fn restore_round_trips_into_a_started_etcd() {
     let s = Setup::with_source(fx, |_| source, "");
     let manifest = s.backup(&[]);
     let id = id_of(&manifest);
+    let deep = s.verify(&id, true, &[]);
+    assert_exit(&deep, 0, "deep verify");
 
     let out_dir = s.fx.path("restore");
     let out = s.restore(&id, &out_dir, &[]);
@@ -368,8 +380,9 @@ fn restore_round_trips_into_a_started_etcd() {
         assert_eq!(mode_of(file), 0o600, "{} is owner-only", file.display());
     }
 
-    // Stock tools: the snapshot restores with etcdctl and boots an etcd with the same data.
-    let restored = EtcdServer::start_from_snapshot(&snapshot);
+    // Stock tools: the snapshot restores with the release's own tool and boots an etcd
+    // with the same data.
+    let restored = EtcdServer::start_version_from_snapshot(version, &snapshot);
     assert_eq!(
         restored.dump(),
         before,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::Targets;
 use crate::cli::DrillArgs;
 use crate::config::Config;
-use crate::drill::{self, DrillInputs, DrillRecord};
+use crate::drill::{self, DrillHost, DrillInputs, DrillRecord};
 use crate::error::{IntegrityError, UsageError};
 use crate::pipeline::Identities;
 use crate::store::layout::drill_record_name;
@@ -19,7 +19,10 @@ pub async fn run(config: &Config, args: &DrillArgs) -> anyhow::Result<()> {
         &targets,
         args.selection.id.as_deref(),
         &args.identities,
-        &args.scratch_dir,
+        &DrillHost {
+            scratch_dir: args.scratch_dir.clone(),
+            etcd_bin_dir: args.etcd_bin_dir.clone(),
+        },
     )
     .await?;
     print(&record, args.json)?;
@@ -61,7 +64,7 @@ pub async fn execute(
     targets: &Targets,
     id: Option<&str>,
     identity_files: &[std::path::PathBuf],
-    scratch_dir: &std::path::Path,
+    host: &DrillHost,
 ) -> anyhow::Result<(DrillRecord, anyhow::Result<String>)> {
     let identities = Identities::load(identity_files)?;
     let manifest = super::verify::select_trusted(config, targets, id).await?;
@@ -87,7 +90,7 @@ pub async fn execute(
         )),
         None => None,
     };
-    tracing::info!(id = %manifest.id, scratch = %scratch_dir.display(), "drill started");
+    tracing::info!(id = %manifest.id, scratch = %host.scratch_dir.display(), "drill started");
     let record = drill::run(
         DrillInputs {
             manifest: &manifest,
@@ -95,7 +98,7 @@ pub async fn execute(
             snapshot_identity,
             keys,
         },
-        scratch_dir,
+        host,
     )
     .await?;
     let stored = store(targets, &manifest.cluster, &record).await;
@@ -131,6 +134,12 @@ fn print(record: &DrillRecord, json: bool) -> anyhow::Result<()> {
         record.backup_id,
         if record.ok { "OK" } else { "FAILED" }
     );
+    if let Some(version) = &record.etcd_version {
+        println!("  {:<42} {:<6} {version}", "etcd release used", "");
+    }
+    for warning in &record.warnings {
+        println!("  warning: {warning}");
+    }
     for check in &record.checks {
         let outcome = match check.ok {
             Some(true) => "ok",

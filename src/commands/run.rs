@@ -153,7 +153,7 @@ async fn drill_newest(
 ) {
     tracing::info!(cron = %drill.cron_text, "scheduled drill starting");
     let outcome =
-        super::drill::execute(config, targets, None, &drill.identities, &drill.scratch_dir).await;
+        super::drill::execute(config, targets, None, &drill.identities, &drill.host).await;
     let result = match outcome {
         Ok((record, stored)) => {
             if let Err(e) = stored {

@@ -28,7 +28,8 @@ pub struct DrillSchedule {
     pub cron_text: String,
     /// Identity files for the snapshot and the keys archive (a recovery host's keys).
     pub identities: Vec<PathBuf>,
-    pub scratch_dir: PathBuf,
+    /// The scratch directory and the etcd tools (`scratch_dir`, `etcd_bin_dir`).
+    pub host: crate::drill::DrillHost,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +49,7 @@ pub(super) struct RawDrillSchedule {
     cron: String,
     identities: Vec<PathBuf>,
     scratch_dir: Option<PathBuf>,
+    etcd_bin_dir: Option<PathBuf>,
 }
 
 /// The schedule, checked against the source and labels it depends on.
@@ -98,11 +100,26 @@ fn validate_drill_schedule(
             readable_file(&format!("schedule.drill.identities[{i}]"), path)?;
         }
     }
+    if let Some(dir) = &raw.etcd_bin_dir
+        && check_files
+        && !dir.join("etcd").is_file()
+    {
+        return Err(ConfigError::new(
+            "schedule.drill.etcd_bin_dir",
+            format!(
+                "{} holds no `etcd`; point it at a directory with etcd and etcdutl (or a 3.4 etcdctl)",
+                dir.display()
+            ),
+        ));
+    }
     Ok(DrillSchedule {
         cron: parse_cron("schedule.drill.cron", &raw.cron)?,
         cron_text: raw.cron,
         identities: raw.identities,
-        scratch_dir: raw.scratch_dir.unwrap_or_else(|| PathBuf::from("/var/tmp")),
+        host: crate::drill::DrillHost {
+            scratch_dir: raw.scratch_dir.unwrap_or_else(|| PathBuf::from("/var/tmp")),
+            etcd_bin_dir: raw.etcd_bin_dir,
+        },
     })
 }
 
@@ -127,4 +144,34 @@ fn validate_schedule(raw: RawSchedule, check_files: bool) -> Result<Schedule, Co
             .map(|d| validate_drill_schedule(d, check_files))
             .transpose()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::testing::snapshot_only;
+    use super::super::{Purpose, parse};
+
+    #[test]
+    fn drill_etcd_bin_dir_must_hold_etcd() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id.key");
+        std::fs::write(&key, "AGE-SECRET-KEY-1").unwrap();
+        let with = |bin: &Path| {
+            format!(
+                "{}schedule: {{ cron: \"0 3 * * *\", drill: {{ cron: \"0 5 * * 0\", identities: [\"{}\"], etcd_bin_dir: \"{}\" }} }}\n",
+                snapshot_only(),
+                key.display(),
+                bin.display()
+            )
+        };
+        let err = parse(&with(dir.path()), Purpose::TakeBackups).expect_err("no etcd there");
+        assert_eq!(err.key, "schedule.drill.etcd_bin_dir", "{err}");
+        assert!(err.problem.contains("holds no `etcd`"), "{err}");
+        std::fs::write(dir.path().join("etcd"), "").unwrap();
+        let config = parse(&with(dir.path()), Purpose::TakeBackups).expect("etcd is there");
+        let drill = config.schedule.unwrap().drill.unwrap();
+        assert_eq!(drill.host.etcd_bin_dir.as_deref(), Some(dir.path()));
+    }
 }

@@ -35,6 +35,21 @@ pub struct DrillRecord {
     /// Sampled encrypted values opened with the archive's keys, per `provider:key`.
     #[serde(default)]
     pub decrypted: BTreeMap<String, u64>,
+    /// The etcd release the drill restored and ran the snapshot with (`etcd --version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_version: Option<String>,
+    /// What the drill found doubtful without failing a check (an etcd older than the
+    /// snapshot's server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Where the drill runs: its scratch directory's parent, and the directory of the etcd
+/// tools to use instead of those on PATH.
+#[derive(Debug, Clone)]
+pub struct DrillHost {
+    pub scratch_dir: std::path::PathBuf,
+    pub etcd_bin_dir: Option<std::path::PathBuf>,
 }
 
 /// One check and its outcome; `ok: None` is a check that did not apply.
@@ -65,16 +80,18 @@ pub struct DrillInputs<'a> {
 }
 
 /// Runs the drill. Failed checks are in the record; errors are drills that could not run.
-pub async fn run(
-    inputs: DrillInputs<'_>,
-    scratch_parent: &std::path::Path,
-) -> Result<DrillRecord, CannotRun> {
+pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecord, CannotRun> {
     let manifest = inputs.manifest;
-    let tools = EtcdTools::find()?;
+    let tools = EtcdTools::find(host.etcd_bin_dir.as_deref())?;
+    let warnings = version_warnings(manifest, &tools);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(etcd = %tools.etcd.display(), restore = %tools.restore.display(), version = %tools.version, "drill tools");
     let size = manifest.artifacts.snapshot.plaintext.size;
     // The snapshot, and etcd's restored copy of it, plus room for etcd's WAL.
     let scratch = ScratchDir::create(
-        scratch_parent,
+        &host.scratch_dir,
         &manifest.id,
         size.saturating_mul(2) + (256 << 20),
     )?;
@@ -88,6 +105,8 @@ pub async fn run(
         checks: Vec::new(),
         restored: None,
         decrypted: BTreeMap::new(),
+        etcd_version: Some(tools.version.clone()),
+        warnings,
     };
 
     // 1. The snapshot, streamed to the scratch disk (checked against its digests on the way).
@@ -274,6 +293,24 @@ pub async fn run(
     drop(etcd);
     drop(scratch);
     Ok(finish(record))
+}
+
+/// A drill with an etcd older than the snapshot's server proves less than it seems: an
+/// older `etcdctl snapshot restore` accepts a newer snapshot silently, and the restored
+/// member then runs code that never wrote that data.
+fn version_warnings(manifest: &Manifest, tools: &EtcdTools) -> Vec<String> {
+    let crate::manifest::SourceInfo::Etcd { etcd_version, .. } = &manifest.source else {
+        return Vec::new();
+    };
+    if scratch::older_than(&tools.version, etcd_version) {
+        vec![format!(
+            "the drill runs etcd {} ({}), older than the etcd {etcd_version} that served the snapshot: a restore with this release is not what a recovery would run; point --etcd-bin-dir (schedule.drill.etcd_bin_dir) at etcd {etcd_version} or newer tools",
+            tools.version,
+            tools.etcd.display()
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 fn finish(mut record: DrillRecord) -> DrillRecord {

@@ -14,26 +14,96 @@ use crate::source::etcd::EtcdMember;
 #[error("the drill could not run: {0}")]
 pub struct CannotRun(pub String);
 
-/// The stock tools the drill uses, found on PATH.
+/// The stock tools the drill uses: from `--etcd-bin-dir` / `schedule.drill.etcd_bin_dir`
+/// when given, else from PATH.
 #[derive(Debug, Clone)]
 pub struct EtcdTools {
     pub etcd: PathBuf,
-    /// `etcdutl` (3.5+) or `etcdctl` (3.4), for `snapshot restore`.
+    /// `etcdutl` where it exists (3.5 deprecates `etcdctl snapshot restore`, 3.6 removes
+    /// it), else `etcdctl` (3.4), for `snapshot restore`.
     pub restore: PathBuf,
+    /// What `etcd --version` printed (`3.5.1`).
+    pub version: String,
 }
 
 impl EtcdTools {
-    pub fn find() -> Result<Self, CannotRun> {
-        let etcd = which("etcd").ok_or_else(|| {
-            CannotRun(
-                "no `etcd` binary on PATH; install etcd (Debian: etcd-server) on the drill host"
-                    .into(),
-            )
+    /// Finds the tools in `bin_dir` (only there), or on PATH.
+    pub fn find(bin_dir: Option<&Path>) -> Result<Self, CannotRun> {
+        let (place, lookup): (String, Box<dyn Fn(&str) -> Option<PathBuf>>) = match bin_dir {
+            Some(dir) => (
+                format!("in {} (--etcd-bin-dir)", dir.display()),
+                Box::new(|name| Some(dir.join(name)).filter(|p| p.is_file())),
+            ),
+            None => ("on PATH".to_string(), Box::new(which)),
+        };
+        let etcd = lookup("etcd").ok_or_else(|| {
+            CannotRun(format!(
+                "no `etcd` binary {place}; install etcd (Debian: etcd-server) on the drill host, or point --etcd-bin-dir at a directory with etcd and etcdutl"
+            ))
         })?;
-        let restore = which("etcdutl").or_else(|| which("etcdctl")).ok_or_else(|| {
-            CannotRun("neither `etcdutl` nor `etcdctl` is on PATH; install etcd's tools (Debian: etcd-client)".into())
-        })?;
-        Ok(Self { etcd, restore })
+        let version = tool_version(&etcd, &["--version"], "etcd Version:")?;
+        let restore = match lookup("etcdutl") {
+            Some(etcdutl) => etcdutl,
+            None => {
+                let etcdctl = lookup("etcdctl").ok_or_else(|| {
+                    CannotRun(format!(
+                        "neither `etcdutl` nor `etcdctl` is {place}; the drill restores the snapshot with `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4): install etcd's tools (Debian: etcd-client) or pass --etcd-bin-dir"
+                    ))
+                })?;
+                let ctl = tool_version(&etcdctl, &["version"], "etcdctl version:")?;
+                if !older_than(&ctl, "3.6.0") {
+                    return Err(CannotRun(format!(
+                        "{} is etcdctl {ctl}, which has no `snapshot restore` (removed in 3.6); the drill needs `etcdutl` {place}: install it next to etcd, or pass --etcd-bin-dir",
+                        etcdctl.display()
+                    )));
+                }
+                etcdctl
+            }
+        };
+        Ok(Self {
+            etcd,
+            restore,
+            version,
+        })
+    }
+}
+
+/// The version a tool prints after `label` (`etcd --version`: `etcd Version: 3.5.1`).
+fn tool_version(tool: &Path, args: &[&str], label: &str) -> Result<String, CannotRun> {
+    let out = Command::new(tool)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| CannotRun(format!("cannot run {}: {e}", tool.display())))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            CannotRun(format!(
+                "{} {} printed no version; is it etcd's tool?",
+                tool.display(),
+                args.join(" ")
+            ))
+        })
+}
+
+/// `a` is an older release than `b` (both `major.minor.patch`, anything after a `-` or
+/// a non-digit ignored; an unreadable version is not older).
+pub fn older_than(a: &str, b: &str) -> bool {
+    fn parts(v: &str) -> Option<Vec<u64>> {
+        v.trim_start_matches('v')
+            .split(['-', '+'])
+            .next()?
+            .split('.')
+            .map(|p| p.parse().ok())
+            .collect()
+    }
+    match (parts(a), parts(b)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
     }
 }
 
@@ -228,4 +298,19 @@ fn last_line(output: &[u8]) -> String {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("(no output)");
     line.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::older_than;
+
+    #[test]
+    fn release_order() {
+        assert!(older_than("3.4.23", "3.5.1"));
+        assert!(older_than("3.5.1", "3.5.12"));
+        assert!(!older_than("3.5.12", "3.5.12"));
+        assert!(!older_than("3.6.5", "3.6.0"));
+        assert!(older_than("3.5.26", "3.6.0-rc.1"));
+        assert!(!older_than("unknown", "3.5.0"));
+    }
 }

@@ -46,6 +46,8 @@ pub struct EtcdMember {
     pub endpoint: String,
     pub member_id: u64,
     pub version: String,
+    /// The storage version of its database (reported by etcd 3.6+).
+    pub storage_version: Option<String>,
     pub revision: i64,
     pub db_size: u64,
 }
@@ -103,6 +105,7 @@ impl EtcdMember {
             member_id: header.map_or(0, |h| h.member_id()),
             revision: header.map_or(0, |h| h.revision()),
             version: status.version().to_string(),
+            storage_version: Some(status.storage_version().to_string()).filter(|v| !v.is_empty()),
             db_size: u64::try_from(status.db_size()).unwrap_or(0),
             client,
         })
@@ -114,6 +117,7 @@ impl EtcdMember {
             endpoint: self.endpoint.clone(),
             member_id: format!("{:x}", self.member_id),
             etcd_version: self.version.clone(),
+            storage_version: self.storage_version.clone(),
             revision: self.revision,
             db_size: self.db_size,
         }
