@@ -69,6 +69,9 @@ pub enum SourceInfo {
         storage_version: Option<String>,
         revision: i64,
         db_size: u64,
+        /// How the read was paced, and etcd's latency before and during it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pacing: Option<crate::source::pace::PacingFacts>,
     },
     BackupDir {
         /// `<ts>` of the pair as cluster-backup.sh named it.
@@ -483,6 +486,7 @@ mod tests {
                                 storage_version,
                                 revision,
                                 db_size,
+                                pacing: None,
                             }
                         }
                     ),

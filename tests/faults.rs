@@ -458,6 +458,74 @@ fn a_serving_member_killed_mid_stream_fails_over_or_fails_cleanly() {
     );
 }
 
+/// A 3-member cluster whose leader serves the snapshot; the two other members are killed
+/// while it streams. The leader loses its quorum (and, a moment later, its leadership): its
+/// latency probes fail, the stream stops, and no backup is committed (exit 1, naming the
+/// lost quorum). Its snapshot would otherwise be taken from a member cut off from the cluster.
+#[test]
+fn a_member_that_loses_its_quorum_mid_stream_is_not_committed() {
+    quorum_lost_mid_stream(EtcdVersion::V34);
+}
+
+#[test]
+fn an_etcd_35_member_that_loses_its_quorum_mid_stream_is_not_committed() {
+    quorum_lost_mid_stream(EtcdVersion::V35);
+}
+
+fn quorum_lost_mid_stream(version: EtcdVersion) {
+    let mut cluster = EtcdCluster::start_version(version, 3);
+    cluster.load(5000, 1000);
+    let fx = Fixture::new();
+    let (dir, url) = fx.file_url("backups");
+    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let leader = cluster.leader().expect("the cluster has a leader");
+    let n = cluster.member_count();
+    let endpoints: Vec<String> = (0..n).map(|k| cluster.endpoint((leader + k) % n)).collect();
+    // 5 MB at 1 MiB/s: a stream of about five seconds.
+    let source = fx.etcd_source(&endpoints, None).replacen(
+        "    timeout: 5s\n",
+        "    timeout: 5s\n    read_rate_limit: 1MiB\n",
+        1,
+    );
+    let config = fx.write_config("config.yaml", &source, &targets, "");
+    let mut child = spawn(fx.cmd(&config).args(["backup", "--no-prune"]));
+    let streaming = wait_until(Duration::from_secs(60), || {
+        relative_files(&dir)
+            .iter()
+            .any(|f| f.contains("snapshot.db.zst.age"))
+            || child.try_wait().ok().flatten().is_some()
+    });
+    assert!(streaming, "the snapshot never started streaming");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().ok().flatten().is_none(),
+        "the backup ended before the members were killed"
+    );
+    for k in 1..n {
+        cluster.kill((leader + k) % n);
+    }
+    let out = wait_within(child, Duration::from_secs(120), "backup");
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    let stderr = stderr_str(&out);
+    assert!(
+        stderr.contains("quorum") || stderr.contains("no leader"),
+        "the error names the lost quorum:\n{}",
+        describe_output(&out)
+    );
+    assert!(!stderr.contains("panicked"), "{}", describe_output(&out));
+    assert!(
+        manifests_below(&dir).is_empty(),
+        "nothing committed: {:?}",
+        manifests_below(&dir)
+    );
+    assert!(
+        list_json(&fx, &config)
+            .iter()
+            .all(|b| b["complete"] == false),
+        "no complete backup listed"
+    );
+}
+
 /// A reader's config for the snapshot target `targets` (no live source needed).
 fn targets_config(fx: &Fixture, targets: &str) -> PathBuf {
     fx.write_config(

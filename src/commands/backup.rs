@@ -163,6 +163,9 @@ async fn take_backup(
             if facts.openshift {
                 dirty_reasons = guard_settled_operators(&mut member, force).await?;
             }
+            // etcd's latency before anything else is read: the baseline that the key
+            // scan and the stream are paced to.
+            member.start_pacing().await?;
             // Best effort: a backup is worth more than its description.
             let content = match member.content_facts_at(member.revision, false).await {
                 Ok((content, _)) => Some(content),
@@ -433,18 +436,33 @@ async fn ship_etcd_snapshot(
         let source = member.source_info();
         let endpoint = member.endpoint.clone();
         let outcome = match member.snapshot().await {
-            Ok(reader) => {
+            Ok((reader, pacer)) => {
                 let mut reader = SyncIoBridge::new(reader);
-                pipeline::ship(target, key, encoding.clone(), move |w| {
+                let shipped = pipeline::ship(target, key, encoding.clone(), move |w| {
                     io::copy(&mut reader as &mut dyn Read, w)
                 })
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(anyhow::Error::from);
+                match shipped {
+                    // Committed only when the member kept its quorum to the end.
+                    Ok((artifact, _)) => pacer
+                        .finish()
+                        .await
+                        .map(|facts| (artifact, facts))
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e.into()),
         };
         match outcome {
-            Ok((artifact, _)) => return Ok((artifact, source)),
+            Ok((artifact, facts)) => {
+                let mut source = source;
+                if let SourceInfo::Etcd { pacing, .. } = &mut source {
+                    *pacing = Some(facts);
+                }
+                return Ok((artifact, source));
+            }
             Err(e)
                 if e.downcast_ref::<ShipError>()
                     .is_some_and(|s| matches!(s, ShipError::Store(_))) =>
@@ -458,7 +476,12 @@ async fn ship_etcd_snapshot(
                         "snapshot from {endpoint} failed and no other endpoint is left"
                     )));
                 }
-                let (next, next_member) = next_healthy(etcd, index + 1).await?;
+                let (next, next_member) =
+                    next_healthy(etcd, index + 1).await.with_context(|| {
+                        format!(
+                            "snapshot from {endpoint} failed ({e:#}), and no other member is usable"
+                        )
+                    })?;
                 index = next;
                 member = next_member;
             }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 pub use self::compression::{Compression, Priority};
 pub use self::encryption::{Encryption, Recipients};
 pub use self::schedule::{DrillSchedule, Schedule};
-pub use self::source::{EtcdSource, SnapshotSource, StaticResources, StaticSelection};
+pub use self::source::{EtcdSource, Pace, SnapshotSource, StaticResources, StaticSelection};
 pub use self::targets::{TargetConfig, Targets};
 use crate::duration::MAX_DURATION;
 use crate::error::ConfigError;

@@ -51,8 +51,24 @@ pub struct EtcdSource {
     /// Connect timeout, and the longest silence tolerated inside the snapshot stream.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Bytes per second read from etcd (protects a busy member's disk).
+    /// Bytes per second read from etcd at most (a hard cap, also under `pace: auto`).
     pub read_rate_limit: Option<ByteSize>,
+    /// How the snapshot read adapts to etcd's own latency.
+    #[serde(default)]
+    pub pace: Pace,
+}
+
+/// `source.etcd.pace`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pace {
+    /// The read rate follows etcd's latency (measured by a linearizable read every few
+    /// hundred ms): it backs off when the latency rises above the level before the backup
+    /// and recovers slowly, up to `read_rate_limit`.
+    #[default]
+    Auto,
+    /// As fast as etcd, the pipeline and `read_rate_limit` allow.
+    Off,
 }
 
 fn default_timeout() -> Duration {

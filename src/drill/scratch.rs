@@ -29,12 +29,12 @@ pub struct EtcdTools {
 impl EtcdTools {
     /// Finds the tools in `bin_dir` (only there), or on PATH.
     pub fn find(bin_dir: Option<&Path>) -> Result<Self, CannotRun> {
-        let (place, lookup): (String, Box<dyn Fn(&str) -> Option<PathBuf>>) = match bin_dir {
-            Some(dir) => (
-                format!("in {} (--etcd-bin-dir)", dir.display()),
-                Box::new(|name| Some(dir.join(name)).filter(|p| p.is_file())),
-            ),
-            None => ("on PATH".to_string(), Box::new(which)),
+        let place = bin_dir.map_or("on PATH".to_string(), |dir| {
+            format!("in {} (--etcd-bin-dir)", dir.display())
+        });
+        let lookup = |name: &str| match bin_dir {
+            Some(dir) => Some(dir.join(name)).filter(|p| p.is_file()),
+            None => which(name),
         };
         let etcd = lookup("etcd").ok_or_else(|| {
             CannotRun(format!(
@@ -274,6 +274,7 @@ impl ScratchEtcd {
             key: None,
             timeout: Duration::from_secs(10),
             read_rate_limit: None,
+            pace: crate::config::Pace::Off,
         };
         EtcdMember::connect(&source, &self.endpoint)
             .await

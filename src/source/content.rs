@@ -8,8 +8,31 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, GetResponse};
 use serde::{Deserialize, Serialize};
+
+use crate::source::pace::Pacer;
+
+/// A client whose range requests are paced.
+struct PacedClient<'a> {
+    client: &'a mut Client,
+    pacer: Option<&'a Pacer>,
+}
+
+impl PacedClient<'_> {
+    async fn get(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, etcd_client::Error> {
+        let start = std::time::Instant::now();
+        let response = self.client.get(key, options).await?;
+        if let Some(pacer) = self.pacer {
+            pacer.after_request(start.elapsed()).await;
+        }
+        Ok(response)
+    }
+}
 
 /// Largest keys-only page, for keys outside the `/<root>/<resource>/…` shape.
 const PAGE: i64 = 2000;
@@ -83,7 +106,7 @@ const STEPPED_BYTES: usize = 2;
 /// segment one window per following letter (the next resource usually differs from the
 /// last one there), each a request that walks only the keys inside it.
 async fn next_key(
-    client: &mut Client,
+    client: &mut PacedClient<'_>,
     start: &[u8],
     revision: i64,
 ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, etcd_client::Error> {
@@ -172,11 +195,16 @@ pub fn encryption_prefix_len(value: &[u8]) -> Option<usize> {
 }
 
 /// Reads the facts at `revision`; with `keep_samples`, also the sampled encrypted values.
+/// With a `pacer`, every request is followed by a pause that keeps etcd's latency near its
+/// level before the backup.
 pub async fn read(
     client: &mut Client,
     revision: i64,
     keep_samples: bool,
+    pacer: Option<&Pacer>,
 ) -> Result<(ContentFacts, Vec<EncryptedValue>), etcd_client::Error> {
+    let mut client = PacedClient { client, pacer };
+    let client = &mut client;
     let mut facts = ContentFacts {
         revision,
         ..ContentFacts::default()

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -15,6 +15,7 @@ use tokio_util::io::StreamReader;
 use crate::config::EtcdSource;
 use crate::manifest::{SourceInfo, UpgradeInfo};
 use crate::source::content::{self, ContentFacts, EncryptedValue};
+use crate::source::pace::{Pacer, ReadLimiter};
 
 /// Where OpenShift keeps the ClusterVersion object (stored as JSON).
 const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
@@ -50,6 +51,8 @@ pub struct EtcdMember {
     pub storage_version: Option<String>,
     pub revision: i64,
     pub db_size: u64,
+    /// Measures etcd's latency and paces the reads, once started.
+    pacer: Option<Pacer>,
 }
 
 /// Facts about the cluster read from etcd itself.
@@ -72,17 +75,7 @@ impl EtcdMember {
             endpoint: endpoint.to_string(),
             reason,
         };
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.timeout)
-            .with_keep_alive(Duration::from_secs(10), config.timeout);
-        if endpoint.starts_with("https://") {
-            options = options.with_tls(tls_options(config).map_err(fail)?);
-        }
-        let connect = Client::connect([endpoint], Some(options));
-        let mut client = tokio::time::timeout(config.timeout, connect)
-            .await
-            .map_err(|_| fail(format!("no connection within {:?}", config.timeout)))?
-            .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        let mut client = client_for(config, endpoint).await?;
         let status = tokio::time::timeout(config.timeout, client.status())
             .await
             .map_err(|_| fail(format!("no status answer within {:?}", config.timeout)))?
@@ -108,7 +101,29 @@ impl EtcdMember {
             storage_version: Some(status.storage_version().to_string()).filter(|v| !v.is_empty()),
             db_size: u64::try_from(status.db_size()).unwrap_or(0),
             client,
+            pacer: None,
         })
+    }
+
+    /// Measures etcd's latency before the backup on a connection of its own, then keeps
+    /// measuring it until the snapshot ends (see [`crate::source::pace`]): the content scan
+    /// and the snapshot stream are paced by it. Fails when the member does not answer a
+    /// linearizable read (no leader, or no quorum).
+    pub async fn start_pacing(&mut self) -> Result<(), EtcdError> {
+        if self.pacer.is_some() {
+            return Ok(());
+        }
+        let client = client_for(&self.config, &self.endpoint).await?;
+        let pacer = Pacer::start(
+            client,
+            &self.endpoint,
+            self.config.pace,
+            self.config.read_rate_limit.map(|r| r.as_u64()),
+        )
+        .await
+        .map_err(|e| self.error(e.to_string()))?;
+        self.pacer = Some(pacer);
+        Ok(())
     }
 
     /// The manifest's description of this member.
@@ -120,6 +135,7 @@ impl EtcdMember {
             storage_version: self.storage_version.clone(),
             revision: self.revision,
             db_size: self.db_size,
+            pacing: None,
         }
     }
 
@@ -183,9 +199,14 @@ impl EtcdMember {
         revision: i64,
         keep_samples: bool,
     ) -> Result<(ContentFacts, Vec<EncryptedValue>), EtcdError> {
-        content::read(&mut self.client, revision, keep_samples)
-            .await
-            .map_err(|e| self.error(format!("reading key counts at revision {revision}: {e}")))
+        content::read(
+            &mut self.client,
+            revision,
+            keep_samples,
+            self.pacer.as_ref(),
+        )
+        .await
+        .map_err(|e| self.error(format!("reading key counts at revision {revision}: {e}")))
     }
 
     fn error(&self, reason: String) -> EtcdError {
@@ -195,8 +216,14 @@ impl EtcdMember {
         }
     }
 
-    /// Starts the snapshot stream, with an idle timeout per message and the read rate limit.
-    pub async fn snapshot(mut self) -> Result<impl AsyncRead + Send + Unpin + 'static, EtcdError> {
+    /// Starts the snapshot stream, with an idle timeout per message, paced (see
+    /// [`EtcdMember::start_pacing`]). The [`Pacer`] must be finished after the stream: it
+    /// reports etcd's latency, and fails when the member lost its quorum meanwhile.
+    pub async fn snapshot(
+        mut self,
+    ) -> Result<(impl AsyncRead + Send + Unpin + 'static, Pacer), EtcdError> {
+        self.start_pacing().await?;
+        let pacer = self.pacer.take().expect("pacing was just started");
         let stream = self.client.snapshot().await.map_err(|e| EtcdError {
             endpoint: self.endpoint.clone(),
             reason: format!("snapshot failed to start: {e}"),
@@ -206,14 +233,33 @@ impl EtcdMember {
             _client: self.client,
             endpoint: self.endpoint,
             idle: self.config.timeout,
-            rate: self.config.read_rate_limit.map(|r| r.as_u64()),
-            started: Instant::now(),
-            read: 0,
+            limiter: pacer.limiter(),
         };
         let chunks: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> =
             Box::pin(futures::stream::unfold(state, next_chunk));
-        Ok(StreamReader::new(chunks))
+        Ok((StreamReader::new(chunks), pacer))
     }
+}
+
+/// A client of `endpoint` that asks etcd to refuse requests (and to end streams) while
+/// the member has no leader.
+async fn client_for(config: &EtcdSource, endpoint: &str) -> Result<Client, EtcdError> {
+    let fail = |reason: String| EtcdError {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.timeout)
+        .with_keep_alive(Duration::from_secs(10), config.timeout)
+        .with_require_leader(true);
+    if endpoint.starts_with("https://") {
+        options = options.with_tls(tls_options(config).map_err(fail)?);
+    }
+    let connect = Client::connect([endpoint], Some(options));
+    tokio::time::timeout(config.timeout, connect)
+        .await
+        .map_err(|_| fail(format!("no connection within {:?}", config.timeout)))?
+        .map_err(|e| fail(format!("cannot connect: {e}")))
 }
 
 fn tls_options(config: &EtcdSource) -> Result<TlsOptions, String> {
@@ -236,9 +282,7 @@ struct StreamState {
     _client: Client,
     endpoint: String,
     idle: Duration,
-    rate: Option<u64>,
-    started: Instant,
-    read: u64,
+    limiter: ReadLimiter,
 }
 
 async fn next_chunk(mut state: StreamState) -> Option<(io::Result<Bytes>, StreamState)> {
@@ -257,13 +301,13 @@ async fn next_chunk(mut state: StreamState) -> Option<(io::Result<Bytes>, Stream
         Ok(Ok(None)) => return None,
         Ok(Ok(Some(m))) => Ok(Bytes::copy_from_slice(m.blob())),
     };
-    if let (Ok(chunk), Some(rate)) = (&message, state.rate) {
-        state.read += chunk.len() as u64;
-        let due = Duration::from_secs_f64(state.read as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(state.started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-    }
+    let message = match message {
+        Ok(chunk) => match state.limiter.after_read(chunk.len()).await {
+            Ok(()) => Ok(chunk),
+            Err(lost) => Err(io::Error::other(lost.to_string())),
+        },
+        Err(e) => Err(e),
+    };
     Some((message, state))
 }
 

@@ -4,4 +4,5 @@ pub mod backup_dir;
 pub mod content;
 pub mod etcd;
 pub mod openshift_tls;
+pub mod pace;
 pub mod static_resources;

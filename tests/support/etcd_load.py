@@ -6,6 +6,11 @@ base64) over one keep-alive connection. Keys look like Kubernetes objects:
 
     {prefix}configmaps/ns-<i % 50>/cm-<i:06>      (prefix default /registry/)
 
+or, with --resources N, spread over N resource prefixes as a real cluster has them
+(core types, then API groups such as monitoring.coreos.com and CRD-like names):
+
+    {prefix}<resource i % N>/ns-<i % 50>/obj-<i:06>
+
 Values are exactly --value-size bytes of Kubernetes-like JSON text: repeated
 structure and vocabulary with varying names, uids, timestamps and base64 tokens,
 so that zstd -3 compresses them about 3x (like a real etcd database). The same
@@ -96,7 +101,39 @@ def make_value(seed, i, size):
     return v
 
 
-def make_key(prefix, i):
+CORE_RESOURCES = (
+    "configmaps secrets pods events services endpointslices serviceaccounts leases "
+    "replicasets deployments daemonsets statefulsets jobs cronjobs controllerrevisions "
+    "persistentvolumeclaims persistentvolumes namespaces nodes roles rolebindings "
+    "clusterroles clusterrolebindings apiregistration.k8s.io apiextensions.k8s.io "
+    "minions ranges horizontalpodautoscalers poddisruptionbudgets "
+    "priorityclasses csinodes csidrivers storageclasses validatingwebhookconfigurations "
+    "mutatingwebhookconfigurations networkpolicies ingress flowschemas "
+    "prioritylevelconfigurations masterleases resourcequotas limitranges"
+).split()
+GROUPS = (
+    "monitoring.coreos.com operator.openshift.io config.openshift.io machine.openshift.io "
+    "route.openshift.io image.openshift.io security.openshift.io oauth.openshift.io "
+    "build.openshift.io apps.openshift.io template.openshift.io quota.openshift.io "
+    "console.openshift.io network.openshift.io k8s.ovn.org metal3.io cert-manager.io "
+    "velero.io tuned.openshift.io machineconfiguration.openshift.io "
+    "operators.coreos.com snapshot.storage.k8s.io autoscaling.openshift.io"
+).split()
+
+
+def resource_names(n):
+    """n distinct resource names: the core ones, then <kind-j>.<group> names."""
+    names = list(CORE_RESOURCES[:n])
+    j = 0
+    while len(names) < n:
+        names.append("%s-%d" % (GROUPS[j % len(GROUPS)], j // len(GROUPS)))
+        j += 1
+    return names
+
+
+def make_key(prefix, i, resources=None):
+    if resources:
+        return "%s%s/ns-%d/obj-%06d" % (prefix, resources[i % len(resources)], i % 50, i)
     return "%sconfigmaps/ns-%d/cm-%06d" % (prefix, i % 50, i)
 
 
@@ -154,7 +191,10 @@ def main():
     ap.add_argument("--start", type=int, default=0, help="first index")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--parallel", type=int, default=2, help="concurrent txn senders")
+    ap.add_argument("--resources", type=int, default=0,
+                    help="spread keys over this many resource prefixes (0: configmaps only)")
     args = ap.parse_args()
+    resources = resource_names(args.resources) if args.resources > 0 else None
 
     # Batches are generated here and sent by --parallel sender threads, each with
     # its own keep-alive connection, so generation and etcd's work overlap.
@@ -194,7 +234,7 @@ def main():
         ops = []
         batch_bytes = 0
         while i < end and len(ops) < args.batch:
-            k = make_key(args.prefix, i).encode()
+            k = make_key(args.prefix, i, resources).encode()
             v = make_value(args.seed, i, args.value_size)
             if ops and batch_bytes + len(k) + len(v) > args.max_batch_bytes:
                 break

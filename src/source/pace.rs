@@ -1,0 +1,529 @@
+//! Latency-targeted pacing of a backup's reads from etcd, in the manner of LEDBAT
+//! background transfers (RFC 6817): etcd's own latency is measured with a cheap
+//! linearizable read every few hundred milliseconds on a connection of its own; when it
+//! rises above the level measured before the backup began, the snapshot read backs off
+//! at once (multiplicatively), and while it stays below, the rate recovers slowly
+//! (additively, in proportion to the headroom). `read_rate_limit` stays a hard cap.
+//!
+//! The same probe is the stream's health check: the read goes through the quorum
+//! (ReadIndex) and asks for a leader, so a member that loses its quorum or its leader
+//! mid-stream fails its probes, and the stream is stopped instead of being committed.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Pace;
+
+/// How often etcd's latency is measured.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// Probes before the backup starts; their median is the baseline.
+const BASELINE_PROBES: usize = 8;
+/// A probe slower than this counts as unanswered.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive failed probes after which the member counts as cut off from its quorum.
+const LOST_AFTER_FAILURES: u32 = 3;
+/// The read rate a paced stream starts at, and the lowest it goes to (bytes per second).
+const START_RATE: f64 = 24.0 * MIB;
+const MIN_RATE: f64 = 4.0 * MIB;
+/// The highest rate the controller asks for without `read_rate_limit` (etcd serves a
+/// snapshot at about 230 MB/s at most).
+const MAX_RATE: f64 = 512.0 * MIB;
+/// Multiplicative decrease when a probe is above the target.
+const BACKOFF: f64 = 0.6;
+/// Additive increase per probe at full headroom (bytes per second).
+const RECOVERY: f64 = 4.0 * MIB;
+/// The latency allowed above the baseline: the baseline again, at least this much.
+const TARGET_HEADROOM_FLOOR_MS: f64 = 1.0;
+/// Largest burst the rate limiter lets through after a pause.
+const BURST: Duration = Duration::from_millis(20);
+/// Points kept in the recorded timeline; past that it is thinned to every other point.
+const TIMELINE_POINTS: usize = 600;
+/// Key of the probe's count-only read (it need not exist).
+const PROBE_KEY: &str = "/etcd-offsite/latency-probe";
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What pacing saw and did, recorded in the manifest's source facts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PacingFacts {
+    /// `auto` or `off`.
+    pub mode: String,
+    /// `read_rate_limit`, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_cap: Option<u64>,
+    /// etcd's latency before the backup (median of the probes), milliseconds.
+    pub baseline_ms: f64,
+    /// The latency the read rate was steered to (`auto`), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ms: Option<f64>,
+    /// etcd's latency while the backup read from it.
+    pub during: LatencySummary,
+    /// Bytes read from etcd per second of streaming, on average.
+    pub mean_rate: u64,
+    /// The rate in force and etcd's latency over time, about one point a second.
+    pub timeline: Vec<RatePoint>,
+}
+
+/// Percentiles of the probes' latencies, milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySummary {
+    pub probes: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One point of the timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RatePoint {
+    /// Seconds since the stream started.
+    pub at_s: f64,
+    /// The read rate in force, bytes per second (None: unlimited).
+    pub rate: Option<u64>,
+    /// Bytes read so far.
+    pub read: u64,
+    /// The last probe's latency, milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The member's quorum was lost while the backup read from it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct QuorumLost(pub String);
+
+/// Measures etcd's latency from before the backup to its end, and paces the reads.
+pub struct Pacer {
+    shared: Arc<Shared>,
+    probe: Option<tokio::task::JoinHandle<()>>,
+    /// Asks the probe task for one last probe, then to end.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The snapshot stream's side of a [`Pacer`]: the rate limiter.
+pub struct ReadLimiter {
+    shared: Arc<Shared>,
+    /// When the next byte may be read (the rate limiter's clock).
+    due: Option<Instant>,
+}
+
+struct Shared {
+    mode: Pace,
+    cap: Option<f64>,
+    baseline_ms: f64,
+    target_ms: f64,
+    endpoint: String,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Bytes per second in force; infinite when nothing limits the read.
+    rate: f64,
+    streaming_since: Option<Instant>,
+    read: u64,
+    latencies: Vec<f32>,
+    last_ms: f64,
+    decreased_last: bool,
+    failures: u32,
+    lost: Option<String>,
+    timeline: Vec<RatePoint>,
+    timeline_step: f64,
+}
+
+impl Pacer {
+    /// Measures the baseline on `client` (a connection of the pacer's own) and starts
+    /// the probes. Fails when the member does not answer linearizable reads: it has no
+    /// quorum, or no leader.
+    pub async fn start(
+        mut client: Client,
+        endpoint: &str,
+        mode: Pace,
+        cap: Option<u64>,
+    ) -> Result<Self, QuorumLost> {
+        let mut baseline = Vec::with_capacity(BASELINE_PROBES);
+        for i in 0..BASELINE_PROBES {
+            if i > 0 {
+                tokio::time::sleep(PROBE_INTERVAL / 4).await;
+            }
+            let ms = probe(&mut client).await.map_err(|e| {
+                QuorumLost(format!(
+                    "etcd {endpoint} does not answer a linearizable read ({e}): it has no leader or no quorum"
+                ))
+            })?;
+            baseline.push(ms as f32);
+        }
+        let baseline_ms = f64::from(percentile(&mut baseline, 0.5));
+        let target_ms = baseline_ms + baseline_ms.max(TARGET_HEADROOM_FLOOR_MS);
+        let cap = cap.map(|c| c as f64);
+        let rate = match mode {
+            Pace::Auto => cap.map_or(START_RATE, |c| c.min(START_RATE)),
+            Pace::Off => cap.unwrap_or(f64::INFINITY),
+        };
+        tracing::info!(
+            %endpoint,
+            pace = ?mode,
+            baseline_ms = format!("{baseline_ms:.2}"),
+            target_ms = format!("{target_ms:.2}"),
+            "etcd latency before the backup"
+        );
+        let shared = Arc::new(Shared {
+            mode,
+            cap,
+            baseline_ms,
+            target_ms,
+            endpoint: endpoint.to_string(),
+            state: Mutex::new(State {
+                rate,
+                streaming_since: None,
+                read: 0,
+                latencies: Vec::new(),
+                last_ms: baseline_ms,
+                decreased_last: false,
+                failures: 0,
+                lost: None,
+                timeline: Vec::new(),
+                timeline_step: 1.0,
+            }),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let probe = tokio::spawn(probe_loop(client, Arc::clone(&shared), stopped));
+        Ok(Self {
+            shared,
+            probe: Some(probe),
+            stop: Some(stop),
+        })
+    }
+
+    /// The rate limiter for the snapshot stream.
+    pub fn limiter(&self) -> ReadLimiter {
+        ReadLimiter {
+            shared: Arc::clone(&self.shared),
+            due: None,
+        }
+    }
+
+    /// Paces one request of the content scan that took `elapsed`: a pause as long again
+    /// while etcd's latency is at its target, four times as long while it is above (the
+    /// scan then uses at most a fifth of the time).
+    pub async fn after_request(&self, elapsed: Duration) {
+        if self.shared.mode == Pace::Off {
+            return;
+        }
+        let over = self.shared.state().last_ms > self.shared.target_ms;
+        let pause = elapsed.max(Duration::from_millis(1)) * if over { 4 } else { 1 };
+        tokio::time::sleep(pause).await;
+    }
+
+    /// Stops the probes after one last one, and returns what pacing saw; fails when the
+    /// member lost its quorum at any time, the last probe included.
+    pub async fn finish(mut self) -> Result<PacingFacts, QuorumLost> {
+        if let (Some(stop), Some(probe)) = (self.stop.take(), self.probe.take()) {
+            let _ = stop.send(());
+            if probe.await.is_err() {
+                return Err(QuorumLost("the latency probe of etcd panicked".into()));
+            }
+        }
+        let shared = &self.shared;
+        let mut state = shared.state();
+        if let Some(lost) = &state.lost {
+            return Err(QuorumLost(lost.clone()));
+        }
+        let streamed = state
+            .streaming_since
+            .map_or(0.0, |since| since.elapsed().as_secs_f64());
+        let mean_rate = if streamed > 0.0 {
+            (state.read as f64 / streamed) as u64
+        } else {
+            0
+        };
+        let probes = state.latencies.len() as u64;
+        let during = LatencySummary {
+            probes,
+            p50_ms: f64::from(percentile(&mut state.latencies, 0.5)),
+            p99_ms: f64::from(percentile(&mut state.latencies, 0.99)),
+            max_ms: f64::from(percentile(&mut state.latencies, 1.0)),
+        };
+        tracing::info!(
+            endpoint = %shared.endpoint,
+            baseline_ms = format!("{:.2}", shared.baseline_ms),
+            p50_ms = format!("{:.2}", during.p50_ms),
+            p99_ms = format!("{:.2}", during.p99_ms),
+            max_ms = format!("{:.2}", during.max_ms),
+            mean_rate_mib_s = format!("{:.1}", mean_rate as f64 / MIB),
+            "etcd latency during the backup"
+        );
+        Ok(PacingFacts {
+            mode: match shared.mode {
+                Pace::Auto => "auto".into(),
+                Pace::Off => "off".into(),
+            },
+            rate_cap: shared.cap.map(|c| c as u64),
+            baseline_ms: round2(shared.baseline_ms),
+            target_ms: (shared.mode == Pace::Auto).then(|| round2(shared.target_ms)),
+            during: LatencySummary {
+                p50_ms: round2(during.p50_ms),
+                p99_ms: round2(during.p99_ms),
+                max_ms: round2(during.max_ms),
+                ..during
+            },
+            mean_rate,
+            timeline: std::mem::take(&mut state.timeline),
+        })
+    }
+}
+
+impl ReadLimiter {
+    /// Waits as long as the rate in force asks after `bytes` were read, and fails once the
+    /// member has lost its quorum.
+    pub async fn after_read(&mut self, bytes: usize) -> Result<(), QuorumLost> {
+        let now = Instant::now();
+        let rate = {
+            let mut state = self.shared.state();
+            if let Some(lost) = &state.lost {
+                return Err(QuorumLost(lost.clone()));
+            }
+            state.streaming_since.get_or_insert(now);
+            state.read += bytes as u64;
+            state.rate
+        };
+        if !rate.is_finite() {
+            return Ok(());
+        }
+        // A virtual clock: each byte takes 1/rate seconds; a pause (a slow pipeline) earns
+        // at most BURST of catching up.
+        let due = self.due.map_or(now, |due| due.max(now - BURST));
+        let due = due + Duration::from_secs_f64(bytes as f64 / rate);
+        self.due = Some(due);
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        if let Some(probe) = &self.probe {
+            probe.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One linearizable count-only read; its latency in milliseconds.
+async fn probe(client: &mut Client) -> Result<f64, String> {
+    let start = Instant::now();
+    let get = client.get(PROBE_KEY, Some(GetOptions::new().with_count_only()));
+    match tokio::time::timeout(PROBE_TIMEOUT, get).await {
+        Ok(Ok(_)) => Ok(start.elapsed().as_secs_f64() * 1000.0),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// Probes every [`PROBE_INTERVAL`] until `stop`, then once more, and steers the rate.
+async fn probe_loop(
+    mut client: Client,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = &mut stop => true,
+        };
+        let measured = probe(&mut client).await;
+        let mut state = shared.state();
+        match measured {
+            Ok(ms) => {
+                state.failures = 0;
+                state.last_ms = ms;
+                state.latencies.push(ms as f32);
+                if shared.mode == Pace::Auto && state.streaming_since.is_some() {
+                    steer(&shared, &mut state, ms);
+                }
+            }
+            Err(e) if last => {
+                state.lost = Some(format!(
+                    "etcd {} did not answer a linearizable read at the end of the snapshot ({e}): it may have lost its leader or its quorum, and a snapshot from it must not be committed",
+                    shared.endpoint
+                ));
+                return;
+            }
+            Err(e) => {
+                state.failures += 1;
+                state.last_ms = PROBE_TIMEOUT.as_secs_f64() * 1000.0;
+                tracing::warn!(endpoint = %shared.endpoint, error = %e, failures = state.failures, "etcd latency probe failed");
+                if state.failures >= LOST_AFTER_FAILURES {
+                    state.lost = Some(format!(
+                        "etcd {} stopped answering linearizable reads during the backup ({e}): it lost its leader or its quorum, and a snapshot from it must not be committed",
+                        shared.endpoint
+                    ));
+                    return;
+                }
+                if shared.mode == Pace::Auto {
+                    state.rate = (state.rate * BACKOFF).max(MIN_RATE);
+                }
+            }
+        }
+        record_point(&mut state);
+        if last {
+            return;
+        }
+    }
+}
+
+/// One step of the controller: back off at once above the target (not twice in a row,
+/// so that a decrease can show), recover in proportion to the headroom below it.
+fn steer(shared: &Shared, state: &mut State, ms: f64) {
+    let ceiling = shared.cap.unwrap_or(MAX_RATE).max(MIN_RATE);
+    let off_target = (shared.target_ms - ms) / shared.target_ms;
+    if off_target < 0.0 {
+        if !state.decreased_last {
+            state.rate = (state.rate * BACKOFF).max(MIN_RATE);
+            state.decreased_last = true;
+            tracing::debug!(
+                latency_ms = ms,
+                rate_mib_s = state.rate / MIB,
+                "pacing: backing off"
+            );
+        } else {
+            state.decreased_last = false;
+        }
+    } else {
+        state.decreased_last = false;
+        state.rate = (state.rate + RECOVERY * off_target).min(ceiling);
+    }
+}
+
+/// About one timeline point a second of streaming, thinned when it grows long.
+fn record_point(state: &mut State) {
+    let Some(since) = state.streaming_since else {
+        return;
+    };
+    let at_s = since.elapsed().as_secs_f64();
+    let next = state
+        .timeline
+        .last()
+        .map_or(0.0, |p| p.at_s + state.timeline_step);
+    if at_s < next {
+        return;
+    }
+    if state.timeline.len() >= TIMELINE_POINTS {
+        let kept: Vec<RatePoint> = state.timeline.iter().step_by(2).cloned().collect();
+        state.timeline = kept;
+        state.timeline_step *= 2.0;
+    }
+    let point = RatePoint {
+        at_s: round2(at_s),
+        rate: state.rate.is_finite().then_some(state.rate as u64),
+        read: state.read,
+        latency_ms: round2(state.last_ms),
+    };
+    tracing::debug!(at_s = point.at_s, rate = ?point.rate, read = point.read, latency_ms = point.latency_ms, "pacing");
+    state.timeline.push(point);
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The `p` quantile (0..=1) of `values` (nearest rank; 0 for none).
+fn percentile(values: &mut [f32], p: f64) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f32::total_cmp);
+    let rank = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(cap: Option<f64>) -> Shared {
+        Shared {
+            mode: Pace::Auto,
+            cap,
+            baseline_ms: 1.0,
+            target_ms: 2.0,
+            endpoint: "e".into(),
+            state: Mutex::new(state()),
+        }
+    }
+
+    fn state() -> State {
+        State {
+            rate: START_RATE,
+            streaming_since: Some(Instant::now()),
+            read: 0,
+            latencies: Vec::new(),
+            last_ms: 1.0,
+            decreased_last: false,
+            failures: 0,
+            lost: None,
+            timeline: Vec::new(),
+            timeline_step: 1.0,
+        }
+    }
+
+    #[test]
+    fn backs_off_fast_and_recovers_slowly() {
+        let shared = shared(Some(64.0 * MIB));
+        let mut state = state();
+        steer(&shared, &mut state, 5.0);
+        assert_eq!(state.rate, START_RATE * BACKOFF);
+        // The next probe above target waits for the decrease to show.
+        steer(&shared, &mut state, 5.0);
+        assert_eq!(state.rate, START_RATE * BACKOFF);
+        steer(&shared, &mut state, 5.0);
+        assert_eq!(state.rate, START_RATE * BACKOFF * BACKOFF);
+        // At the target there is no headroom: no change; at half of it, half a step.
+        let before = state.rate;
+        steer(&shared, &mut state, 2.0);
+        assert_eq!(state.rate, before);
+        steer(&shared, &mut state, 1.0);
+        assert_eq!(state.rate, before + RECOVERY * 0.5);
+        // Never below the floor, never above the cap.
+        for _ in 0..50 {
+            steer(&shared, &mut state, 100.0);
+        }
+        assert_eq!(state.rate, MIN_RATE);
+        for _ in 0..1000 {
+            steer(&shared, &mut state, 0.0);
+        }
+        assert_eq!(state.rate, 64.0 * MIB);
+    }
+
+    #[test]
+    fn percentiles_and_timeline_bounds() {
+        let mut v: Vec<f32> = (1..=100).map(|x| x as f32).collect();
+        assert_eq!(percentile(&mut v, 0.5), 50.0);
+        assert_eq!(percentile(&mut v, 0.99), 99.0);
+        assert_eq!(percentile(&mut v, 1.0), 100.0);
+        assert_eq!(percentile(&mut [], 0.99), 0.0);
+        let mut state = state();
+        state.streaming_since = Some(Instant::now() - Duration::from_secs(10_000));
+        state.timeline = (0..TIMELINE_POINTS)
+            .map(|i| RatePoint {
+                at_s: i as f64,
+                rate: None,
+                read: 0,
+                latency_ms: 0.0,
+            })
+            .collect();
+        record_point(&mut state);
+        assert_eq!(state.timeline.len(), TIMELINE_POINTS / 2 + 1);
+        assert_eq!(state.timeline_step, 2.0);
+        assert_eq!(state.timeline[1].at_s, 2.0);
+    }
+}
