@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark: etcd-offsite against the shell pipeline users run today.
 #
-#   bash scripts/bench.sh [--size-mb N] [--runs N] [--keep]
+#   bash scripts/bench.sh [--etcd 3.4|3.5] [--size-mb N] [--runs N] [--resources N] [--plot FILE] [--keep]
 #
+#   --etcd V      etcd release: 3.4 (Debian's, on PATH; default) or 3.5 (/opt/etcd-v3.5.1, setup.sh)
 #   --size-mb N   load about N MB (10^6 bytes) of Kubernetes-like data into etcd (default 200)
 #   --runs N      timed runs per case; the table shows the median (default 3)
+#   --resources N spread the keys over N resource prefixes, as real clusters have (default 150)
+#   --plot FILE   the p99-over-time PNG (default docs/bench/p99-over-time-etcd-V.png)
 #   --keep        keep the work dir (snapshots, artifacts, logs, configs)
 #   env BENCH_UPLOADER=boto3   upload with boto3 instead of awscli in case c
 #
@@ -29,6 +32,7 @@
 # Idempotent: every run uses a fresh work dir under ${TMPDIR:-/tmp}; etcd and moto are
 # stopped on exit. Needs etcd, etcdctl, age, age-keygen, zstd, curl, GNU time, python3
 # with moto[server] and boto3; installs awscli with pip when `aws` is missing.
+# The plot needs python3's matplotlib, installed with pip when missing (benchmark only).
 # CPU is shared with etcd on this host (as on a control-plane node): keep the machine quiet.
 set -euo pipefail
 export LC_ALL=C
@@ -39,9 +43,18 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then . "$HOM
 SIZE_MB=200
 RUNS=3
 KEEP=0
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+ETCD_V=3.4
+RESOURCES=150
+PLOT=""
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
+    --etcd) ETCD_V=${2:?--etcd needs 3.4 or 3.5}; shift 2 ;;
+    --etcd=*) ETCD_V=${1#*=}; shift ;;
+    --resources) RESOURCES=${2:?--resources needs a number}; shift 2 ;;
+    --resources=*) RESOURCES=${1#*=}; shift ;;
+    --plot) PLOT=${2:?--plot needs a file}; shift 2 ;;
+    --plot=*) PLOT=${1#*=}; shift ;;
     --size-mb) SIZE_MB=${2:?--size-mb needs a number}; shift 2 ;;
     --size-mb=*) SIZE_MB=${1#*=}; shift ;;
     --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
@@ -53,6 +66,18 @@ while [ $# -gt 0 ]; do
 done
 [[ "$SIZE_MB" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --size-mb must be a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs must be a positive integer" >&2; exit 2; }
+[[ "$RESOURCES" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --resources must be a positive integer" >&2; exit 2; }
+case "$ETCD_V" in
+  3.4) ETCD_DIR=$(dirname "$(command -v etcd || echo /usr/bin/etcd)") ;;
+  3.5) ETCD_DIR=/opt/etcd-v3.5.1
+       [ -x "$ETCD_DIR/etcdutl" ] || { echo "bench.sh: etcd 3.5 is missing from $ETCD_DIR: run bash scripts/setup.sh" >&2; exit 1; }
+       # etcd, etcdctl, etcdutl of 3.5 first on PATH: the pipeline, the stock drill and etcd-offsite's drill use them.
+       export PATH="$ETCD_DIR:$PATH" ;;
+  *) echo "bench.sh: --etcd must be 3.4 or 3.5" >&2; exit 2 ;;
+esac
+etcd --version | grep -q "^etcd Version: $ETCD_V\." || { echo "bench.sh: $(command -v etcd) is not etcd $ETCD_V" >&2; exit 1; }
+ETCD_FULL=$(etcd --version | sed -n 's/^etcd Version: //p')
+[ -n "$PLOT" ] || PLOT="$REPO/docs/bench/p99-over-time-etcd-$ETCD_V.png"
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { echo "bench: $*" >&2; }
@@ -63,6 +88,12 @@ for tool in etcd etcdctl age age-keygen zstd curl python3 cargo; do
 done
 [ -x /usr/bin/time ] || die "GNU time (/usr/bin/time) is missing: apt-get install time"
 python3 -c 'import moto, boto3' 2>/dev/null || die "python3 needs moto[server] and boto3: pip install 'moto[server]' boto3"
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  log "matplotlib missing (for the p99 plot): python3 -m pip install --quiet matplotlib"
+  python3 -m pip install --quiet --disable-pip-version-check matplotlib >&2 || die "could not install matplotlib for the plot"
+fi
+# The stock restore tool: etcdutl where the release has it (3.5+), else etcdctl (3.4).
+if command -v etcdutl >/dev/null 2>&1 && [ "$ETCD_V" != 3.4 ]; then RESTORE_TOOL=etcdutl; else RESTORE_TOOL=etcdctl; fi
 
 # Loopback only: never send benchmark traffic through a proxy.
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
@@ -185,6 +216,10 @@ window_p99() {
     | awk '{v[NR]=$1} END{if (NR==0) print 0; else {i=int(NR*0.99); if (i<1) i=1; print v[i]}}')
   R_SP99[$1]+="$p "
   PROBE_LAST+=", p99 during the snapshot stream $p ms"
+  # The last run of each case, for the plot: its puts and its start.
+  mkdir -p "$W/plot"
+  cp "$W/probe.samples" "$W/plot/$1.samples"
+  echo "$2 $3" > "$W/plot/$1.window"
 }
 probe_stop() {
   kill -TERM "$PROBE_PID" 2>/dev/null || true
@@ -250,12 +285,15 @@ done
 etcdctl_ endpoint health >/dev/null 2>&1 || die "etcd did not become healthy; see $W/srv/etcd.log"
 
 # Kubernetes-like mix: half the bytes in 100 kB objects (big ConfigMaps/Secrets), half in
-# 4 KiB objects (pods, endpoints, events). Values are k8s JSON text that zstd -3 shrinks ~3x.
+# 4 KiB objects (pods, endpoints, events), spread over $RESOURCES resource prefixes under
+# /kubernetes.io/ (core types, API groups, CRDs). Values are k8s JSON text that zstd -3 shrinks ~3x.
 BIG_COUNT=$(( SIZE_MB * 5 ))                 # × 100000 B = SIZE_MB/2 MB
 SMALL_COUNT=$(( SIZE_MB * 500000 / 4096 ))   # × 4096 B  ≈ SIZE_MB/2 MB
 log "loading $BIG_COUNT × 100 kB + $SMALL_COUNT × 4 KiB values"
-python3 tests/support/etcd_load.py --endpoint "$EP" --count "$BIG_COUNT" --value-size 100000 >&2
-python3 tests/support/etcd_load.py --endpoint "$EP" --count "$SMALL_COUNT" --value-size 4096 --start 1000000 >&2
+python3 tests/support/etcd_load.py --endpoint "$EP" --count "$BIG_COUNT" --value-size 100000 \
+  --prefix /kubernetes.io/ --resources "$RESOURCES" >&2
+python3 tests/support/etcd_load.py --endpoint "$EP" --count "$SMALL_COUNT" --value-size 4096 --start 1000000 \
+  --prefix /kubernetes.io/ --resources "$RESOURCES" >&2
 
 # Reference snapshot for the size and the correctness checks (the data does not change
 # after loading, so every snapshot has the same revision, keys and bbolt hash).
@@ -316,14 +354,15 @@ start_moto() {
 stop_moto() { stop_pid "$MOTO_PID"; MOTO_PID=""; }
 
 # ------------------------------------------------------------------ etcd-offsite configs
-write_config() {  # write_config FILE TARGET-YAML [PRIORITY [THREADS [READ_RATE_LIMIT]]]
+write_config() {  # write_config FILE TARGET-YAML [PRIORITY [THREADS [READ_RATE_LIMIT [PACE]]]]
   cat > "$1" <<YAML
 version: 1
 cluster: bench
 source:
   etcd:
     endpoints: ["$EP"]${5:+
-    read_rate_limit: $5}
+    read_rate_limit: $5}${6:+
+    pace: $6}
   static_resources:
     base_dir: $KUBE
     paths: ["$POD"]
@@ -343,9 +382,9 @@ CASES=(a b e f c d)
 GENTLE_RATE=50MiB
 declare -A NAME=(
   [a]="a. shell pipeline → directory"
-  [b]="b. etcd-offsite → file:// (defaults: priority low, zstd workers half the cores)"
-  [e]="e. etcd-offsite → file://, fastest (priority normal, zstd workers on all cores)"
-  [f]="f. etcd-offsite → file://, gentlest (priority low, 1 zstd thread, read_rate_limit $GENTLE_RATE)"
+  [b]="b. etcd-offsite → file:// (defaults: pace auto, priority low, zstd workers half the cores)"
+  [e]="e. etcd-offsite → file://, fastest (pace off, priority normal, zstd workers on all cores)"
+  [f]="f. etcd-offsite → file://, gentlest (pace auto, priority low, 1 zstd thread, read_rate_limit $GENTLE_RATE)"
   [c]="c. shell pipeline → S3 (moto)"
   [d]="d. etcd-offsite → s3:// (moto)"
 )
@@ -463,6 +502,7 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   blocks=$(tfield "$d/time" 3)
   user=$(awk -v a="$(tfield "$d/time" 4)" -v b="$(tfield "$d/time" 5)" 'BEGIN{printf "%.2f", a+b}')
   if [ "$case" != d ]; then
+    PROBE_LAST+=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["source"].get("pacing") or {}; d=p.get("during",{}); print(", its probe: pace %s, baseline %s ms, p99 %s ms, mean %.1f MiB/s" % (p.get("mode"), p.get("baseline_ms"), d.get("p99_ms"), p.get("mean_rate",0)/1048576))' "$tdir/bench/$id/manifest.json")
     stored=$(fsize "$tdir/bench/$id/snapshot.db.zst.age")
     target_bytes=$(sum_files_rounded "$tdir/bench/$id")
   else
@@ -492,8 +532,9 @@ check_static() {  # check_static CASE FILE: the keys archive opens with the stat
 
 # ---- etcd at rest: the same puts with nothing else running
 log "idle: etcd put latency for 10 s with nothing else running"
-probe_start; sleep 10; probe_stop idle
+probe_start; T_IDLE=$(now); sleep 10; probe_stop idle
 IDLE_LATENCY=$PROBE_LAST
+mkdir -p "$W/plot"; cp "$W/probe.samples" "$W/plot/idle.samples"; echo "$T_IDLE $(now)" > "$W/plot/idle.window"
 
 # ---- a
 log "case a: shell pipeline → directory, $RUNS runs"
@@ -517,8 +558,8 @@ MANIFEST_BYTES=$(fsize "$TARGET_B/bench/$ID_B/manifest.json")
 # ---- e, f: the same target kind at other priority settings
 for c in e f; do
   mkdir -p "$W/target-$c"
-  if [ "$c" = e ]; then prio=normal; threads=0; rate=""; else prio=low; threads=1; rate=$GENTLE_RATE; fi
-  write_config "$W/config-$c.yaml" "  snapshot: { url: \"file://$W/target-$c\" }" "$prio" "$threads" "$rate"
+  if [ "$c" = e ]; then prio=normal; threads=0; rate=""; pace=off; else prio=low; threads=1; rate=$GENTLE_RATE; pace=auto; fi
+  write_config "$W/config-$c.yaml" "  snapshot: { url: \"file://$W/target-$c\" }" "$prio" "$threads" "$rate" "$pace"
   log "case $c: ${NAME[$c]}, $RUNS runs"
   for i in $(seq "$RUNS"); do run_offsite "$c" "$i" "$W/config-$c.yaml" "$W/target-$c"; done
   check_artifact "$c" "$W/target-$c/bench/$(cat "$W/$c/run$RUNS/id")/snapshot.db.zst.age"
@@ -533,7 +574,7 @@ declare -A READ_NAME=(
   [s]="s. etcd-offsite restore (snapshot + keys archive)"
   [v]="v. etcd-offsite verify --identity (deep)"
   [x]="x. etcd-offsite drill"
-  [y]="y. stock drill: as r, then etcdctl snapshot restore, start etcd, count the keys"
+  [y]="y. stock drill: as r, then $RESTORE_TOOL snapshot restore, start etcd, count the keys"
   [t]="t. stock: aws s3 cp to a file, then as r; rm the download"
   [u]="u. etcd-offsite restore from s3:// (snapshot + keys archive)"
 )
@@ -542,9 +583,9 @@ ART_B="$TARGET_B/bench/$ID_B/snapshot.db.zst.age"
 stock_drill() {
   local d=$1 cp pp n
   cp=$(free_port); pp=$(free_port)
-  timed "$d/4.time" env ETCDCTL_API=3 etcdctl snapshot restore "$d/snapshot.db" --data-dir "$d/etcd" --name drill \
+  timed "$d/4.time" env ETCDCTL_API=3 "$RESTORE_TOOL" snapshot restore "$d/snapshot.db" --data-dir "$d/etcd" --name drill \
     --initial-cluster "drill=http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" >"$d/restore.log" 2>&1 \
-    || die "case y: etcdctl snapshot restore failed: $(tail -n 3 "$d/restore.log")"
+    || die "case y: $RESTORE_TOOL snapshot restore failed: $(tail -n 3 "$d/restore.log")"
   etcd --name drill --data-dir "$d/etcd" --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
     --initial-cluster "drill=http://127.0.0.1:$pp" >"$d/etcd.log" 2>&1 &
@@ -648,12 +689,23 @@ for c in "${S3_READ_CASES[@]}"; do
 done
 stop_moto
 
+# ------------------------------------------------------------------ plot
+mkdir -p "$(dirname "$PLOT")"
+python3 "$REPO/scripts/plot_p99.py" --out "$PLOT" \
+  --title "etcd $ETCD_FULL, $(commas "$DB_BYTES") B database in $RESOURCES prefixes: put p99 per 0.5 s, last run of each case" \
+  "idle=$W/plot/idle.samples:$W/plot/idle.window" \
+  "a. shell pipeline (etcdctl step dotted)=$W/plot/a.samples:$W/plot/a.window" \
+  "b. etcd-offsite default (pace auto)=$W/plot/b.samples:$W/plot/b.window" \
+  "e. etcd-offsite fastest (pace off)=$W/plot/e.samples:$W/plot/e.window" \
+  || die "the plot failed"
+log "plot written to $PLOT"
+
 # ------------------------------------------------------------------ report
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 MEM_GB=$(awk '/^MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo)
 {
 echo
-echo "## etcd-offsite benchmark (runs per case: $RUNS; each column is the median over the runs)"
+echo "## etcd-offsite benchmark on etcd $ETCD_FULL (runs per case: $RUNS; each column is the median over the runs)"
 echo
 echo "| case | wall s | MB/s (db size / wall) | peak RSS MB | temp bytes written | stored MB | etcd put p50 / p99 / max ms | p99 ms during the snapshot stream |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -668,6 +720,8 @@ for c in "${CASES[@]}"; do
     "$(commas "$(printf '%.0f' "$t")")" "$(awk -v s="$s" 'BEGIN{print s/1e6}')" \
     "$(median ${R_P50[$c]})" "$(median ${R_P99[$c]})" "$(median ${R_PMAX[$c]})" "$(median ${R_SP99[$c]})"
 done
+echo
+echo "p99 over time (one run each of idle, a, b, e): $PLOT"
 echo
 echo "etcd put latency: 200 puts/s of ~100 B through etcd's JSON gateway during each run (scripts/etcd_latency.py;"
 echo "each put timed from sending to etcd's answer; idle: $IDLE_LATENCY). Medians over the runs of each percentile."
@@ -725,10 +779,11 @@ printf '%s\n' "${RUN_LINES[@]}"
 echo '```'
 echo
 echo "- Database: $(commas "$DB_BYTES") bytes (\`etcdctl snapshot save\`; etcd reports dbSize $(commas "$ETCD_DBSIZE")), $REF_FIELDS;"
-echo "  loaded with tests/support/etcd_load.py: $BIG_COUNT × 100,000 B + $SMALL_COUNT × 4,096 B k8s-like JSON values. MB = 10^6 bytes."
+echo "  loaded with tests/support/etcd_load.py: $BIG_COUNT × 100,000 B + $SMALL_COUNT × 4,096 B k8s-like JSON values in $RESOURCES"
+echo "  resource prefixes under /kubernetes.io/ (--resources). MB = 10^6 bytes."
 echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $MEM_GB GiB RAM, $(uname -sr), work dir on $FS_TYPE;"
 echo "  load average (1/5/15 min) $LOAD0 when the script started, before it built or loaded anything. etcd (and moto) run on the same cores."
-echo "- Versions: $(etcd --version | head -n1), $(zstd --version | head -n1 | sed 's/^\*\*\* //; s/ \*\*\*$//'), age $(age --version), $("$BIN" --version), uploader $UPLOADER."
+echo "- Versions: etcd $ETCD_FULL ($(command -v etcd); restore tool $RESTORE_TOOL), $(zstd --version | head -n1 | sed 's/^\*\*\* //; s/ \*\*\*$//'), age $(age --version), $("$BIN" --version), uploader $UPLOADER."
 echo "- Correctness (once per case, last run's artifact, \`age -d -i KEY | zstd -d\`, then \`etcdctl snapshot status\`):"
 for c in "${CASES[@]}"; do echo "  - $c: ${CHECK[$c]}"; done
 echo "- wall s: end to end, from the snapshot request to the stored artifact (the pipeline's steps run back to back, including \`rm\`)."

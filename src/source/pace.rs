@@ -19,8 +19,8 @@ use crate::config::Pace;
 
 /// How often etcd's latency is measured.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-/// Probes before the backup starts; their median is the baseline.
-const BASELINE_PROBES: usize = 8;
+/// Probes before the backup starts; the lowest is the baseline.
+const BASELINE_PROBES: usize = 6;
 /// A probe slower than this counts as unanswered.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consecutive failed probes after which the member counts as cut off from its quorum.
@@ -33,14 +33,21 @@ const MIN_RATE: f64 = 4.0 * MIB;
 const MAX_RATE: f64 = 512.0 * MIB;
 /// Multiplicative decrease when a probe is above the target.
 const BACKOFF: f64 = 0.6;
-/// Additive increase per probe at full headroom (bytes per second).
+/// Increase per probe at full headroom: this much at least (bytes per second), or this
+/// share of the rate in force.
 const RECOVERY: f64 = 4.0 * MIB;
+const RECOVERY_SHARE: f64 = 0.25;
+/// The controller steers by the lowest of the last few probes (LEDBAT's current-delay
+/// filter): a lasting rise, not one delayed answer, makes it back off.
+const FILTER_PROBES: usize = 3;
 /// The latency allowed above the baseline: the baseline again, at least this much.
-const TARGET_HEADROOM_FLOOR_MS: f64 = 1.0;
+const TARGET_HEADROOM_FLOOR_MS: f64 = 2.0;
 /// Largest burst the rate limiter lets through after a pause.
 const BURST: Duration = Duration::from_millis(20);
 /// Points kept in the recorded timeline; past that it is thinned to every other point.
 const TIMELINE_POINTS: usize = 600;
+/// The content scan pauses once it owes this much.
+const SCAN_PAUSE: Duration = Duration::from_millis(5);
 /// Key of the probe's count-only read (it need not exist).
 const PROBE_KEY: &str = "/etcd-offsite/latency-probe";
 const MIB: f64 = 1024.0 * 1024.0;
@@ -53,7 +60,7 @@ pub struct PacingFacts {
     /// `read_rate_limit`, bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_cap: Option<u64>,
-    /// etcd's latency before the backup (median of the probes), milliseconds.
+    /// etcd's latency before the backup (the lowest of the probes), milliseconds.
     pub baseline_ms: f64,
     /// The latency the read rate was steered to (`auto`), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +136,8 @@ struct State {
     lost: Option<String>,
     timeline: Vec<RatePoint>,
     timeline_step: f64,
+    /// Pause the content scan owes.
+    scan_debt: Duration,
 }
 
 impl Pacer {
@@ -144,7 +153,7 @@ impl Pacer {
         let mut baseline = Vec::with_capacity(BASELINE_PROBES);
         for i in 0..BASELINE_PROBES {
             if i > 0 {
-                tokio::time::sleep(PROBE_INTERVAL / 4).await;
+                tokio::time::sleep(PROBE_INTERVAL / 6).await;
             }
             let ms = probe(&mut client).await.map_err(|e| {
                 QuorumLost(format!(
@@ -153,7 +162,8 @@ impl Pacer {
             })?;
             baseline.push(ms as f32);
         }
-        let baseline_ms = f64::from(percentile(&mut baseline, 0.5));
+        // LEDBAT's base delay: the lowest seen, what etcd answers in when nothing queues.
+        let baseline_ms = f64::from(percentile(&mut baseline, 0.0));
         let target_ms = baseline_ms + baseline_ms.max(TARGET_HEADROOM_FLOOR_MS);
         let cap = cap.map(|c| c as f64);
         let rate = match mode {
@@ -184,6 +194,7 @@ impl Pacer {
                 lost: None,
                 timeline: Vec::new(),
                 timeline_step: 1.0,
+                scan_debt: Duration::ZERO,
             }),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -203,15 +214,23 @@ impl Pacer {
         }
     }
 
-    /// Paces one request of the content scan that took `elapsed`: a pause as long again
+    /// Paces one request of the content scan that took `elapsed`: pauses as long again
     /// while etcd's latency is at its target, four times as long while it is above (the
-    /// scan then uses at most a fifth of the time).
+    /// scan then uses at most a fifth of the time). Pauses are taken a few milliseconds
+    /// at a time, as timers do not sleep for less.
     pub async fn after_request(&self, elapsed: Duration) {
         if self.shared.mode == Pace::Off {
             return;
         }
-        let over = self.shared.state().last_ms > self.shared.target_ms;
-        let pause = elapsed.max(Duration::from_millis(1)) * if over { 4 } else { 1 };
+        let pause = {
+            let mut state = self.shared.state();
+            let factor = if state.last_ms > self.shared.target_ms { 4 } else { 1 };
+            state.scan_debt += elapsed * factor;
+            if state.scan_debt < SCAN_PAUSE {
+                return;
+            }
+            std::mem::take(&mut state.scan_debt)
+        };
         tokio::time::sleep(pause).await;
     }
 
@@ -348,7 +367,13 @@ async fn probe_loop(
                 state.last_ms = ms;
                 state.latencies.push(ms as f32);
                 if shared.mode == Pace::Auto && state.streaming_since.is_some() {
-                    steer(&shared, &mut state, ms);
+                    let filtered = state
+                        .latencies
+                        .iter()
+                        .rev()
+                        .take(FILTER_PROBES)
+                        .fold(f32::INFINITY, |low, x| low.min(*x));
+                    steer(&shared, &mut state, f64::from(filtered));
                 }
             }
             Err(e) if last => {
@@ -400,7 +425,8 @@ fn steer(shared: &Shared, state: &mut State, ms: f64) {
         }
     } else {
         state.decreased_last = false;
-        state.rate = (state.rate + RECOVERY * off_target).min(ceiling);
+        let step = RECOVERY.max(state.rate * RECOVERY_SHARE);
+        state.rate = (state.rate + step * off_target).min(ceiling);
     }
 }
 
@@ -473,6 +499,7 @@ mod tests {
             lost: None,
             timeline: Vec::new(),
             timeline_step: 1.0,
+            scan_debt: Duration::ZERO,
         }
     }
 
@@ -493,6 +520,10 @@ mod tests {
         assert_eq!(state.rate, before);
         steer(&shared, &mut state, 1.0);
         assert_eq!(state.rate, before + RECOVERY * 0.5);
+        // Higher rates recover by a share of themselves.
+        state.rate = 40.0 * MIB;
+        steer(&shared, &mut state, 1.0);
+        assert_eq!(state.rate, 40.0 * MIB * (1.0 + RECOVERY_SHARE * 0.5));
         // Never below the floor, never above the cap.
         for _ in 0..50 {
             steer(&shared, &mut state, 100.0);
