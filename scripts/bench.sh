@@ -299,7 +299,7 @@ python3 tests/support/etcd_load.py --endpoint "$EP" --count "$SMALL_COUNT" --val
 # after loading, so every snapshot has the same revision, keys and bbolt hash).
 etcdctl_ snapshot save "$W/ref.db" >"$W/ref.log" 2>&1 || die "reference snapshot failed: $(tail -n 3 "$W/ref.log")"
 DB_BYTES=$(fsize "$W/ref.db")
-REF_STATUS=$(etcdctl snapshot status -w json "$W/ref.db")
+REF_STATUS=$("$RESTORE_TOOL" snapshot status -w json "$W/ref.db")
 ETCD_DBSIZE=$(etcdctl_ endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
 snap_fields() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("revision=%d keys=%d hash=%08x" % (d["revision"], d["totalKey"], d["hash"]))' "$1"; }
 REF_FIELDS=$(snap_fields "$REF_STATUS")
@@ -403,7 +403,7 @@ check_artifact() {
   age -d -i "$W/snapshot.key" "$file" | zstd -d -q -c > "$out"
   size=$(fsize "$out")
   [ "$size" -ge "$DB_BYTES" ] || die "case $case: decrypted snapshot is $size bytes, smaller than the reference's $DB_BYTES"
-  status=$(etcdctl snapshot status -w json "$out") || die "case $case: etcdctl snapshot status rejects the decrypted snapshot"
+  status=$("$RESTORE_TOOL" snapshot status -w json "$out") || die "case $case: $RESTORE_TOOL snapshot status rejects the decrypted snapshot"
   python3 - "$status" "$REF_STATUS" "$out" <<'PY' || die "case $case: the decrypted snapshot does not match the reference"
 import hashlib, json, sys
 got, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])

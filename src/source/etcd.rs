@@ -119,6 +119,7 @@ impl EtcdMember {
             &self.endpoint,
             self.config.pace,
             self.config.read_rate_limit.map(|r| r.as_u64()),
+            self.config.timeout,
         )
         .await
         .map_err(|e| self.error(e.to_string()))?;

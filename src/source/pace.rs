@@ -23,8 +23,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const BASELINE_PROBES: usize = 6;
 /// A probe slower than this counts as unanswered.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Consecutive failed probes after which the member counts as cut off from its quorum.
-const LOST_AFTER_FAILURES: u32 = 3;
+/// Consecutive refused probes (no leader, unavailable) after which the member counts as
+/// cut off from its quorum. Unanswered ones count once `source.etcd.timeout` has passed
+/// without an answer: a busy etcd is slow, not gone.
+const LOST_AFTER_REFUSALS: u32 = 3;
 /// The read rate a paced stream starts at, and the lowest it goes to (bytes per second).
 const START_RATE: f64 = 24.0 * MIB;
 const MIN_RATE: f64 = 4.0 * MIB;
@@ -120,6 +122,8 @@ struct Shared {
     cap: Option<f64>,
     baseline_ms: f64,
     target_ms: f64,
+    /// How long etcd may leave every probe unanswered (`source.etcd.timeout`).
+    patience: Duration,
     endpoint: String,
     state: Mutex<State>,
 }
@@ -132,7 +136,10 @@ struct State {
     latencies: Vec<f32>,
     last_ms: f64,
     decreased_last: bool,
-    failures: u32,
+    /// Consecutive probes etcd refused.
+    refusals: u32,
+    /// When a probe was last answered.
+    last_ok: Instant,
     lost: Option<String>,
     timeline: Vec<RatePoint>,
     timeline_step: f64,
@@ -149,17 +156,25 @@ impl Pacer {
         endpoint: &str,
         mode: Pace,
         cap: Option<u64>,
+        patience: Duration,
     ) -> Result<Self, QuorumLost> {
         let mut baseline = Vec::with_capacity(BASELINE_PROBES);
         for i in 0..BASELINE_PROBES {
             if i > 0 {
                 tokio::time::sleep(PROBE_INTERVAL / 6).await;
             }
-            let ms = probe(&mut client).await.map_err(|e| {
-                QuorumLost(format!(
-                    "etcd {endpoint} does not answer a linearizable read ({e}): it has no leader or no quorum"
-                ))
-            })?;
+            let started = Instant::now();
+            let ms = loop {
+                match probe(&mut client).await {
+                    Ok(ms) => break ms,
+                    Err(ProbeFailure::Unanswered) if started.elapsed() < patience => {}
+                    Err(e) => {
+                        return Err(QuorumLost(format!(
+                            "etcd {endpoint} does not answer a linearizable read ({e}): it has no leader or no quorum, or is overloaded"
+                        )));
+                    }
+                }
+            };
             baseline.push(ms as f32);
         }
         // LEDBAT's base delay: the lowest seen, what etcd answers in when nothing queues.
@@ -182,6 +197,7 @@ impl Pacer {
             cap,
             baseline_ms,
             target_ms,
+            patience,
             endpoint: endpoint.to_string(),
             state: Mutex::new(State {
                 rate,
@@ -190,7 +206,8 @@ impl Pacer {
                 latencies: Vec::new(),
                 last_ms: baseline_ms,
                 decreased_last: false,
-                failures: 0,
+                refusals: 0,
+                last_ok: Instant::now(),
                 lost: None,
                 timeline: Vec::new(),
                 timeline_step: 1.0,
@@ -224,7 +241,11 @@ impl Pacer {
         }
         let pause = {
             let mut state = self.shared.state();
-            let factor = if state.last_ms > self.shared.target_ms { 4 } else { 1 };
+            let factor = if state.last_ms > self.shared.target_ms {
+                4
+            } else {
+                1
+            };
             state.scan_debt += elapsed * factor;
             if state.scan_debt < SCAN_PAUSE {
                 return;
@@ -335,14 +356,31 @@ impl Shared {
     }
 }
 
+/// Why a probe got no latency.
+enum ProbeFailure {
+    /// etcd answered with an error (`etcdserver: no leader`, unavailable).
+    Refused(String),
+    /// No answer within [`PROBE_TIMEOUT`].
+    Unanswered,
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeFailure::Refused(e) => f.write_str(e),
+            ProbeFailure::Unanswered => write!(f, "no answer within {PROBE_TIMEOUT:?}"),
+        }
+    }
+}
+
 /// One linearizable count-only read; its latency in milliseconds.
-async fn probe(client: &mut Client) -> Result<f64, String> {
+async fn probe(client: &mut Client) -> Result<f64, ProbeFailure> {
     let start = Instant::now();
     let get = client.get(PROBE_KEY, Some(GetOptions::new().with_count_only()));
     match tokio::time::timeout(PROBE_TIMEOUT, get).await {
         Ok(Ok(_)) => Ok(start.elapsed().as_secs_f64() * 1000.0),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(ProbeFailure::Refused(e.to_string())),
+        Err(_) => Err(ProbeFailure::Unanswered),
     }
 }
 
@@ -359,11 +397,20 @@ async fn probe_loop(
             _ = ticks.tick() => false,
             _ = &mut stop => true,
         };
-        let measured = probe(&mut client).await;
+        let mut measured = probe(&mut client).await;
+        if last {
+            // The end of the stream: a slow answer is waited for, up to the patience.
+            while matches!(measured, Err(ProbeFailure::Unanswered))
+                && shared.state().last_ok.elapsed() < shared.patience
+            {
+                measured = probe(&mut client).await;
+            }
+        }
         let mut state = shared.state();
         match measured {
             Ok(ms) => {
-                state.failures = 0;
+                state.refusals = 0;
+                state.last_ok = Instant::now();
                 state.last_ms = ms;
                 state.latencies.push(ms as f32);
                 if shared.mode == Pace::Auto && state.streaming_since.is_some() {
@@ -376,21 +423,27 @@ async fn probe_loop(
                     steer(&shared, &mut state, f64::from(filtered));
                 }
             }
-            Err(e) if last => {
-                state.lost = Some(format!(
-                    "etcd {} did not answer a linearizable read at the end of the snapshot ({e}): it may have lost its leader or its quorum, and a snapshot from it must not be committed",
-                    shared.endpoint
-                ));
-                return;
-            }
             Err(e) => {
-                state.failures += 1;
+                if let ProbeFailure::Refused(_) = e {
+                    state.refusals += 1;
+                }
                 state.last_ms = PROBE_TIMEOUT.as_secs_f64() * 1000.0;
-                tracing::warn!(endpoint = %shared.endpoint, error = %e, failures = state.failures, "etcd latency probe failed");
-                if state.failures >= LOST_AFTER_FAILURES {
+                tracing::warn!(endpoint = %shared.endpoint, error = %e, "etcd latency probe failed");
+                let silent = state.last_ok.elapsed();
+                let lost = match &e {
+                    ProbeFailure::Refused(_) => last || state.refusals >= LOST_AFTER_REFUSALS,
+                    ProbeFailure::Unanswered => silent >= shared.patience,
+                };
+                if lost {
                     state.lost = Some(format!(
-                        "etcd {} stopped answering linearizable reads during the backup ({e}): it lost its leader or its quorum, and a snapshot from it must not be committed",
-                        shared.endpoint
+                        "etcd {} {} during the backup ({e}; no linearizable read answered for {:.1} s): it lost its leader or its quorum, or is overloaded, and a snapshot from it must not be committed",
+                        shared.endpoint,
+                        if last {
+                            "failed the check at the end of the snapshot"
+                        } else {
+                            "stopped answering linearizable reads"
+                        },
+                        silent.as_secs_f64()
                     ));
                     return;
                 }
@@ -482,6 +535,7 @@ mod tests {
             cap,
             baseline_ms: 1.0,
             target_ms: 2.0,
+            patience: Duration::from_secs(5),
             endpoint: "e".into(),
             state: Mutex::new(state()),
         }
@@ -495,7 +549,8 @@ mod tests {
             latencies: Vec::new(),
             last_ms: 1.0,
             decreased_last: false,
-            failures: 0,
+            refusals: 0,
+            last_ok: Instant::now(),
             lost: None,
             timeline: Vec::new(),
             timeline_step: 1.0,
