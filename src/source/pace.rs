@@ -199,20 +199,7 @@ impl Pacer {
             target_ms,
             patience,
             endpoint: endpoint.to_string(),
-            state: Mutex::new(State {
-                rate,
-                streaming_since: None,
-                read: 0,
-                latencies: Vec::new(),
-                last_ms: baseline_ms,
-                decreased_last: false,
-                refusals: 0,
-                last_ok: Instant::now(),
-                lost: None,
-                timeline: Vec::new(),
-                timeline_step: 1.0,
-                scan_debt: Duration::ZERO,
-            }),
+            state: Mutex::new(State::new(rate, baseline_ms)),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let probe = tokio::spawn(probe_loop(client, Arc::clone(&shared), stopped));
@@ -346,6 +333,25 @@ impl Drop for Pacer {
     fn drop(&mut self) {
         if let Some(probe) = &self.probe {
             probe.abort();
+        }
+    }
+}
+
+impl State {
+    fn new(rate: f64, baseline_ms: f64) -> Self {
+        Self {
+            rate,
+            streaming_since: None,
+            read: 0,
+            latencies: Vec::new(),
+            last_ms: baseline_ms,
+            decreased_last: false,
+            refusals: 0,
+            last_ok: Instant::now(),
+            lost: None,
+            timeline: Vec::new(),
+            timeline_step: 1.0,
+            scan_debt: Duration::ZERO,
         }
     }
 }
@@ -543,18 +549,8 @@ mod tests {
 
     fn state() -> State {
         State {
-            rate: START_RATE,
             streaming_since: Some(Instant::now()),
-            read: 0,
-            latencies: Vec::new(),
-            last_ms: 1.0,
-            decreased_last: false,
-            refusals: 0,
-            last_ok: Instant::now(),
-            lost: None,
-            timeline: Vec::new(),
-            timeline_step: 1.0,
-            scan_debt: Duration::ZERO,
+            ..State::new(START_RATE, 1.0)
         }
     }
 
