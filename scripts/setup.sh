@@ -4,7 +4,7 @@
 # everything is already present. Run as root, or as a user with sudo.
 #
 #   apt : etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev
-#         curl openssl build-essential time openssh-client
+#         curl openssl build-essential time openssh-client mount faketime
 #         (+ nodejs npm only if npm itself is missing)
 #   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
 #         Prometheus' own text parser)
@@ -29,7 +29,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- apt
 # mount (util-linux): the fault suite mounts a small tmpfs for its full-disk case.
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount)
+# faketime (libfaketime): the trust tests run etcd-offsite with its clock moved (a skewed
+# host), while the store's clock (moto's, the kernel's file times) stays right.
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -60,7 +62,7 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
 

@@ -11,7 +11,7 @@ pub enum ExitKind {
     Usage = 2,
     /// verify or restore found a mismatch.
     Integrity = 3,
-    /// Refused by a guard (lock held, fresh cluster, version mismatch).
+    /// Refused by a guard ([`Refusal`]: lock held, fresh cluster, clocks apart, …).
     Refused = 4,
     /// `status`: the newest complete backup is older than its limit (or there is none).
     Stale = 5,
@@ -39,10 +39,59 @@ impl ConfigError {
 #[error("integrity failure: {0}")]
 pub struct IntegrityError(pub String);
 
+/// Why a guard refused; every cause exits 4, and `run` tells routine ones from faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The cluster is younger than 24 h (OpenShift rotates its certificates then).
+    FreshCluster,
+    /// OpenShift cluster operators are rolling out a revision.
+    OperatorsProgressing,
+    /// A backup that covers this run exists (within the skip window, or the same files).
+    AlreadyTaken,
+    /// Another run holds the backup lock, or took it while this one tried.
+    LockHeld,
+    /// This host's clock and the store's differ by more than the tolerance.
+    ClocksApart,
+    /// The backup is from another platform version than the expected one.
+    VersionMismatch,
+    /// The restore directory already holds another backup's files.
+    DirectoryInUse,
+}
+
+impl Refusal {
+    /// Refusals that mean another run does (or did) the work: a scheduler counts them as
+    /// skipped, not failed. A clock apart is a fault of this host that needs a human.
+    pub fn routine(self) -> bool {
+        matches!(
+            self,
+            Self::AlreadyTaken | Self::LockHeld | Self::FreshCluster | Self::OperatorsProgressing
+        )
+    }
+}
+
 /// A guard refused the operation on purpose.
 #[derive(Debug, thiserror::Error)]
-#[error("refused: {0}")]
-pub struct Refused(pub String);
+#[error("refused: {message}")]
+pub struct Refused {
+    pub cause: Refusal,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(cause: Refusal, message: impl Into<String>) -> Self {
+        Self {
+            cause,
+            message: message.into(),
+        }
+    }
+}
+
+/// The refusal in an error's chain, if a guard refused.
+pub fn refusal(err: &anyhow::Error) -> Option<Refusal> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<Refused>())
+        .map(|r| r.cause)
+}
 
 /// `status` found the backups older than the limit the caller set.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +161,7 @@ mod tests {
         assert_eq!(exit_kind(&err), ExitKind::Usage);
         assert_eq!(exit_kind(&anyhow::anyhow!("boom")), ExitKind::Runtime);
         assert_eq!(
-            exit_kind(&anyhow::Error::new(Refused("lock".into()))),
+            exit_kind(&anyhow::Error::new(Refused::new(Refusal::LockHeld, "lock"))),
             ExitKind::Refused
         );
     }

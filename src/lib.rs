@@ -6,22 +6,28 @@ mod config;
 mod drill;
 mod duration;
 pub mod error;
+mod ids;
 mod kube_encryption;
 mod manifest;
+mod ops;
 mod pipeline;
 mod priority;
+mod repo;
 mod retention;
+mod settings;
 mod signing;
 mod source;
 mod store;
 mod telemetry;
 
-/// Runs the parsed command line: logging, the async runtime, the command.
+/// Runs the parsed command line: logging, the settings it resolves to, the async
+/// runtime, the command.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_format, cli.verbose, cli.quiet);
+    let settings = settings::Settings::resolve(cli)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(commands::run(cli))
+    runtime.block_on(commands::run(settings))
 }
 
 /// A scratch directory for unit tests; the program itself never writes temporary files.

@@ -88,13 +88,32 @@ pub struct Artifacts {
     pub static_resources: Option<Artifact>,
 }
 
+/// The two artifacts of a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// The encrypted, compressed etcd snapshot.
+    Snapshot,
+    /// The encrypted, compressed tar of the static resources (the keys archive).
+    StaticResources,
+}
+
+impl ArtifactKind {
+    /// The artifact's name in the manifest and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::StaticResources => "static_resources",
+        }
+    }
+}
+
 impl Artifacts {
-    /// Both artifacts with their names, the snapshot first.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Artifact)> {
-        std::iter::once(("snapshot", &self.snapshot)).chain(
+    /// Both artifacts with their kinds, the snapshot first.
+    pub fn iter(&self) -> impl Iterator<Item = (ArtifactKind, &Artifact)> {
+        std::iter::once((ArtifactKind::Snapshot, &self.snapshot)).chain(
             self.static_resources
                 .as_ref()
-                .map(|a| ("static_resources", a)),
+                .map(|a| (ArtifactKind::StaticResources, a)),
         )
     }
 }
@@ -155,11 +174,11 @@ impl Manifest {
     pub fn restore_timestamp(&self) -> String {
         let ts = match &self.source {
             SourceInfo::BackupDir { timestamp, .. }
-                if crate::store::layout::parse_restore_timestamp(timestamp).is_some() =>
+                if crate::ids::parse_restore_timestamp(timestamp).is_some() =>
             {
                 timestamp.clone()
             }
-            _ => crate::store::layout::restore_timestamp(self.started_at),
+            _ => crate::ids::restore_timestamp(self.started_at),
         };
         if self.dirty {
             format!("{ts}{DIRTY_SUFFIX}")
@@ -177,13 +196,18 @@ impl Manifest {
 /// Largest artifact size a manifest may claim (16 TiB): anything larger is not real.
 const MAX_ARTIFACT_SIZE: u64 = 16 << 40;
 
+/// Longest text kept from a manifest for listings (host, platform version, upgrade): a
+/// manifest near the 1 MiB cap must not make every summary of it large.
+pub const MAX_SHORT_TEXT: usize = 256;
+
 /// Checks on a manifest read from a store: it is untrusted until every field a reader
-/// uses is known to be well-formed.
+/// uses is known to be well-formed. Where its artifacts must be is the repository's
+/// layout to check.
 impl Manifest {
     /// Ok when this manifest describes backup `cluster`/`id` and every field used by
-    /// readers (object keys, sizes, the timestamp in restored file names) is well-formed.
+    /// readers (sizes, the timestamp in restored file names, the short texts shown in
+    /// listings) is well-formed.
     pub fn validate(&self, cluster: &str, id: &str) -> Result<(), String> {
-        use crate::store::layout::{SNAPSHOT_OBJECT, STATIC_OBJECT, id_time};
         if self.id != id || self.cluster != cluster {
             return Err(format!(
                 "it describes backup {}/{}, not {cluster}/{id}",
@@ -191,33 +215,37 @@ impl Manifest {
                 self.id.escape_debug()
             ));
         }
-        if id_time(&self.id).is_none() {
+        if crate::ids::id_time(&self.id).is_none() {
             return Err(format!("id {:?} is not a backup id", self.id));
         }
-        let expect = |name: &str, artifact: &Artifact, object: &str| {
-            let key = format!("{cluster}/{id}/{object}");
-            if artifact.key != key {
-                return Err(format!(
-                    "artifacts.{name}.key is {:?}, not {key:?}",
-                    artifact.key
-                ));
-            }
+        for (kind, artifact) in self.artifacts.iter() {
             for (what, digest) in [
                 ("plaintext", &artifact.plaintext),
                 ("stored", &artifact.stored),
             ] {
                 if digest.size > MAX_ARTIFACT_SIZE {
                     return Err(format!(
-                        "artifacts.{name}.{what}.size {} is not a real size",
+                        "artifacts.{}.{what}.size {} is not a real size",
+                        kind.as_str(),
                         digest.size
                     ));
                 }
             }
-            Ok(())
-        };
-        expect("snapshot", &self.artifacts.snapshot, SNAPSHOT_OBJECT)?;
-        if let Some(artifact) = &self.artifacts.static_resources {
-            expect("static_resources", artifact, STATIC_OBJECT)?;
+        }
+        let upgrade = self.upgrade.as_ref();
+        let texts = [
+            ("host", Some(self.host.as_str())),
+            ("platform_version", self.platform_version.as_deref()),
+            ("upgrade.from", upgrade.and_then(|u| u.from.as_deref())),
+            ("upgrade.to", upgrade.map(|u| u.to.as_str())),
+            ("upgrade.state", upgrade.map(|u| u.state.as_str())),
+        ];
+        for (field, text) in texts {
+            if text.is_some_and(|t| t.len() > MAX_SHORT_TEXT) {
+                return Err(format!(
+                    "{field} is longer than {MAX_SHORT_TEXT} bytes, which no backup writes"
+                ));
+            }
         }
         if let SourceInfo::BackupDir { timestamp, .. } = &self.source
             && !timestamp.is_empty()
@@ -234,7 +262,7 @@ impl Manifest {
 
 /// `YYYY-MM-DD_HHMMSS` (the dirty mark is the manifest's `dirty`, not part of it).
 fn is_backup_timestamp(text: &str) -> bool {
-    crate::store::layout::parse_restore_timestamp(text).is_some()
+    crate::ids::parse_restore_timestamp(text).is_some()
 }
 
 mod hex_digest {
@@ -310,11 +338,11 @@ mod tests {
         assert!(good.validate("c", "20261123T104650Z").is_err());
         assert!(good.validate("d", "20261123T104649Z").is_err());
         let mut m = good.clone();
-        m.artifacts.snapshot.key = "c/20261123T104649Z/../../etc/passwd".into();
+        m.platform_version = Some("4".repeat(MAX_SHORT_TEXT + 1));
         assert!(
             m.validate("c", "20261123T104649Z")
                 .unwrap_err()
-                .contains("artifacts.snapshot.key")
+                .contains("platform_version")
         );
         let mut m = good.clone();
         m.artifacts.static_resources.as_mut().unwrap().stored.size = u64::MAX;
@@ -503,7 +531,7 @@ mod tests {
                 times,
                 source,
                 (
-                    proptest::option::of(any::<String>()),
+                    proptest::option::of("[ -~]{0,64}"),
                     any::<bool>(),
                     prop::collection::vec(any::<String>(), 0..3),
                     prop::collection::btree_map(any::<String>(), any::<String>(), 0..3),
@@ -513,7 +541,7 @@ mod tests {
                 .prop_flat_map(
                     |(cluster, (secs, nanos, took), source, extra, host)| {
                         let started_at = DateTime::from_timestamp(secs, nanos).expect("in range");
-                        let id = crate::store::layout::backup_id(started_at, 0);
+                        let id = crate::ids::backup_id(started_at, 0);
                         let snapshot = artifact(format!("{cluster}/{id}/snapshot.db.zst.age"));
                         let keys = proptest::option::of(artifact(format!(
                             "{cluster}/{id}/static_kuberesources.tar.zst.age"

@@ -6,11 +6,13 @@
 //! 1. **Order.** Input may come in any order. Output is newest first, sorted by
 //!    `(created_at desc, id desc)`; ids (`YYYYMMDDTHHMMSSZ`, `-NN` suffix for a second
 //!    backup in the same second) sort as strings in time order, so the id breaks ties.
-//! 2. **Future timestamps.** A backup created after `now` (the clock went backwards, or
-//!    another host's clock is ahead) is kept with [`KeepReason::FutureTimestamp`] and
-//!    nothing else: its age is unknown, so no rule and no cap looks at it and it is never
-//!    deleted. It does count as kept for the caps and for `min_keep`.
-//! 3. **Keep rules** (restic/rustic semantics) over the other backups, newest to oldest. A
+//! 2. **What is not counted.** A backup that is not trusted (`trusted: false`: with
+//!    `signing.allowed_signers`, one no listed key signed) is kept with
+//!    [`KeepReason::Untrusted`], and one created after `now` (a host whose clock was
+//!    ahead, or planted) with [`KeepReason::FutureTimestamp`], and nothing else: neither
+//!    is ever deleted, and no rule, cap or `min_keep` counts it, so planted or
+//!    future-dated backups can push no real one out. The rules below see the others.
+//! 3. **Keep rules** (restic/rustic semantics) over the counted backups, newest to oldest. A
 //!    backup is kept iff at least one rule matches, and lists every rule that matched:
 //!    - `keep_last: N`: the N newest.
 //!    - `keep_hourly`/`keep_daily`/`keep_weekly`/`keep_monthly`/`keep_yearly: N`: the
@@ -22,18 +24,19 @@
 //!    A policy with no `keep_*` rule and no `keep_within` keeps every backup with
 //!    [`KeepReason::NoRules`]; the caps below still apply. The others are deleted with
 //!    [`DeleteReason::NoRuleMatched`].
-//! 4. **Newest.** The newest backup that is not in the future (the one a run has just
-//!    written) gets [`KeepReason::Newest`] appended to its reasons and is kept whatever any
-//!    rule or cap says: CoreOS etcd-operator once deleted the backup it had just taken. If
-//!    every backup is in the future, none gets `Newest` (all are kept anyway).
+//! 4. **Newest.** The newest counted backup (the one a run has just written) gets
+//!    [`KeepReason::Newest`] appended to its reasons and is kept whatever any rule or cap
+//!    says: CoreOS etcd-operator once deleted the backup it had just taken. If none is
+//!    counted, none gets `Newest` (all are kept anyway).
 //! 5. **Caps**, over the kept backups newest first: `max_count: N` keeps at most N;
 //!    `max_total_size: S` keeps the newest backups whose sizes add up to at most S (exactly
 //!    S fits). The first backup that would break a cap (count checked before size) and
 //!    every older kept backup are deleted with that cap's reason, even when a smaller
-//!    older one would still fit. Future and `Newest` backups count towards the caps but
-//!    are never removed by them.
-//! 6. **`min_keep: M`** is a floor under everything above: while fewer than M backups are
-//!    kept, the newest deleted backup is kept again with only [`KeepReason::MinKeep`].
+//!    older one would still fit. The `Newest` backup counts towards the caps but is never
+//!    removed by them.
+//! 6. **`min_keep: M`** is a floor under everything above: while fewer than M counted
+//!    backups are kept, the newest deleted backup is kept again with only
+//!    [`KeepReason::MinKeep`].
 
 use std::fmt;
 use std::time::Duration;
@@ -54,6 +57,9 @@ pub struct BackupSummary {
     pub created_at: DateTime<Utc>,
     /// Stored size in bytes, counted by `max_total_size`.
     pub size: u64,
+    /// False for a backup that `signing.allowed_signers` does not trust: it is kept and
+    /// reported, never counted and never deleted.
+    pub trusted: bool,
 }
 
 /// The `retention:` section of the config (YAML). All fields optional.
@@ -195,8 +201,10 @@ pub enum KeepReason {
     Within,
     /// Kept again to honour `min_keep`.
     MinKeep,
-    /// Created after `now`, so its age is unknown.
+    /// Created after `now`, so its age is unknown: kept, never counted.
     FutureTimestamp,
+    /// Not signed by a key in `signing.allowed_signers`: kept and reported, never counted.
+    Untrusted,
     /// The policy has no keep rule, so everything is kept (caps still apply).
     NoRules,
 }
@@ -213,7 +221,12 @@ impl fmt::Display for KeepReason {
             Self::Yearly => "keep_yearly",
             Self::Within => "keep_within",
             Self::MinKeep => "min_keep",
-            Self::FutureTimestamp => "created in the future (clock skew?), never deleted",
+            Self::FutureTimestamp => {
+                "created in the future (clock skew, or planted): never counted, never deleted"
+            }
+            Self::Untrusted => {
+                "not signed by an allowed signer (planted?): never counted, never deleted"
+            }
             Self::NoRules => "no keep rule configured",
         })
     }
@@ -285,12 +298,24 @@ pub fn decide(
 ) -> Vec<Decision> {
     let mut sorted: Vec<&BackupSummary> = backups.iter().collect();
     sorted.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-    // Sorted newest first, so the future backups are a prefix.
-    let future = sorted.iter().take_while(|b| b.created_at > now).count();
+    // What is kept and reported without being counted, and why.
+    let uncounted = |b: &BackupSummary| {
+        if !b.trusted {
+            Some(KeepReason::Untrusted)
+        } else if b.created_at > now {
+            Some(KeepReason::FutureTimestamp)
+        } else {
+            None
+        }
+    };
+    let counted: Vec<&BackupSummary> = sorted
+        .iter()
+        .copied()
+        .filter(|b| uncounted(b).is_none())
+        .collect();
 
-    let mut reasons = vec![vec![KeepReason::FutureTimestamp]; future];
-    reasons.extend(keep_rule_reasons(&sorted[future..], policy, now));
-    if let Some(newest) = reasons.get_mut(future) {
+    let mut reasons = keep_rule_reasons(&counted, policy, now);
+    if let Some(newest) = reasons.first_mut() {
         newest.push(KeepReason::Newest);
     }
     let mut verdicts: Vec<Verdict> = reasons
@@ -303,22 +328,28 @@ pub fn decide(
             }
         })
         .collect();
-
-    // The future backups and the newest one form a prefix that caps never remove.
-    let protected = (future + 1).min(sorted.len());
-    apply_caps(&sorted, &mut verdicts, protected, policy);
+    // The newest backup is never removed by a cap.
+    apply_caps(&counted, &mut verdicts, 1, policy);
     if let Some(min_keep) = policy.min_keep {
         apply_min_keep(&mut verdicts, min_keep);
     }
 
+    let mut counted_verdicts = verdicts.into_iter();
     sorted
         .into_iter()
-        .zip(verdicts)
-        .map(|(b, verdict)| Decision {
-            id: b.id.clone(),
-            created_at: b.created_at,
-            size: b.size,
-            verdict,
+        .map(|b| {
+            let verdict = match uncounted(b) {
+                Some(reason) => Verdict::Keep(vec![reason]),
+                None => counted_verdicts
+                    .next()
+                    .unwrap_or(Verdict::Keep(vec![KeepReason::Newest])),
+            };
+            Decision {
+                id: b.id.clone(),
+                created_at: b.created_at,
+                size: b.size,
+                verdict,
+            }
         })
         .collect()
 }
@@ -474,6 +505,7 @@ mod tests {
             id: created_at.format("%Y%m%dT%H%M%SZ").to_string(),
             created_at,
             size,
+            trusted: true,
         }
     }
 
@@ -918,6 +950,7 @@ mod tests {
             id: format!("20260615T030000Z{suffix}"),
             created_at: t,
             size: GIB,
+            trusted: true,
         };
         let backups = [
             backup(at("2026-06-15T02:00:00Z"), GIB),
@@ -946,14 +979,15 @@ mod tests {
     }
 
     #[test]
-    fn future_backups_are_kept_counted_by_caps_and_skipped_by_rules() {
-        // Another host's clock is an hour ahead.
+    fn future_backups_are_kept_and_never_counted() {
+        // Another host's clock is an hour ahead; one backup is planted a year ahead.
         let backups = [
-            backup(at("2026-06-15T13:00:00Z"), GIB),
+            backup(at("2027-06-15T13:00:00Z"), GIB),
             backup(at("2026-06-15T12:30:00Z"), GIB),
             backup(now(), GIB),
             backup(at("2026-06-15T11:00:00Z"), GIB),
             backup(at("2026-06-15T10:00:00Z"), GIB),
+            backup(at("2026-06-15T09:00:00Z"), GIB),
         ];
         let policy = RetentionPolicy {
             keep_last: Some(2),
@@ -962,17 +996,72 @@ mod tests {
         };
         let decisions = decide(&backups, &policy, now());
         let verdicts: Vec<_> = decisions.iter().map(|d| d.verdict.clone()).collect();
-        let capped = Verdict::Delete(DeleteReason::MaxCount { limit: 3 });
+        let gone = Verdict::Delete(DeleteReason::NoRuleMatched);
         assert_eq!(
             verdicts,
             [
                 keep(&[FutureTimestamp]),
                 keep(&[FutureTimestamp]),
                 keep(&[Last, Newest]),
-                capped,
-                Verdict::Delete(DeleteReason::NoRuleMatched)
+                keep(&[Last]),
+                gone.clone(),
+                gone
             ]
         );
+        // They satisfy neither max_count nor min_keep: the current backups stay.
+        let capped = RetentionPolicy {
+            keep_last: Some(4),
+            max_count: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept_ids(&decide(&backups, &capped, now())),
+            [
+                "20270615T130000Z",
+                "20260615T123000Z",
+                "20260615T120000Z",
+                "20260615T110000Z"
+            ]
+        );
+        let floor = RetentionPolicy {
+            keep_last: Some(1),
+            min_keep: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(kept_ids(&decide(&backups, &floor, now())).len(), 5);
+    }
+
+    #[test]
+    fn untrusted_backups_are_reported_never_counted_or_deleted() {
+        let mut backups = series(now(), TimeDelta::hours(1), 5, GIB);
+        // Two planted under newer ids, as an intruder would.
+        for hours in [1, 3] {
+            let mut planted = backup(now() - TimeDelta::minutes(30) * hours, GIB);
+            planted.trusted = false;
+            backups.push(planted);
+        }
+        let policy = RetentionPolicy {
+            keep_last: Some(3),
+            max_count: Some(3),
+            min_keep: Some(3),
+            ..Default::default()
+        };
+        let decisions = decide(&backups, &policy, now());
+        let untrusted: Vec<_> = decisions
+            .iter()
+            .filter(|d| d.verdict == keep(&[Untrusted]))
+            .collect();
+        assert_eq!(untrusted.len(), 2);
+        let trusted_kept: Vec<_> = decisions
+            .iter()
+            .filter(|d| d.keep() && d.verdict != keep(&[Untrusted]))
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(
+            trusted_kept,
+            ["20260615T120000Z", "20260615T110000Z", "20260615T100000Z"]
+        );
+        assert_eq!(decisions.iter().filter(|d| !d.keep()).count(), 2);
     }
 
     #[test]

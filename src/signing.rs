@@ -1,5 +1,7 @@
-//! Signed manifests: an OpenSSH signature (SSHSIG, namespace `etcd-offsite`) of the exact
-//! manifest bytes, stored beside the manifest, so `ssh-keygen -Y verify` checks it too.
+//! Signed records: an OpenSSH signature (SSHSIG, namespace `etcd-offsite`) of the exact
+//! bytes of a manifest or a drill record, stored beside it, so `ssh-keygen -Y verify`
+//! checks it too. This module is the cryptography; the repository ([`crate::repo`])
+//! decides which objects must be signed and what an unsigned one means.
 //!
 //! age recipients are public and a manifest declares its own digests: without a signature,
 //! anyone who can write to the bucket can plant a self-consistent backup.
@@ -8,15 +10,10 @@ use std::path::Path;
 
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use crate::error::{ConfigError, IntegrityError};
-use crate::manifest::Manifest;
-use crate::store::{StoreErrorKind, Target};
+use crate::error::ConfigError;
 
 /// The SSHSIG namespace: a signature made for another purpose never verifies here.
 pub const NAMESPACE: &str = "etcd-offsite";
-
-/// The signature object, next to `manifest.json`.
-pub const SIGNATURE_OBJECT: &str = "manifest.json.sig";
 
 /// The largest signature or allowed_signers file read (an ed25519 SSHSIG is under 1 KiB).
 const MAX_FILE: u64 = 1024 * 1024;
@@ -85,15 +82,15 @@ impl Signer {
         Ok(Self { key })
     }
 
-    /// The armored SSHSIG of `manifest` (what `ssh-keygen -Y sign -n etcd-offsite` writes).
-    pub fn sign(&self, manifest: &[u8]) -> anyhow::Result<String> {
+    /// The armored SSHSIG of `record` (what `ssh-keygen -Y sign -n etcd-offsite` writes).
+    pub fn sign(&self, record: &[u8]) -> anyhow::Result<String> {
         let signature = self
             .key
-            .sign(NAMESPACE, HashAlg::Sha512, manifest)
-            .map_err(|e| anyhow::anyhow!("signing the manifest failed: {e}"))?;
+            .sign(NAMESPACE, HashAlg::Sha512, record)
+            .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
         signature
             .to_pem(LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("encoding the manifest signature failed: {e}"))
+            .map_err(|e| anyhow::anyhow!("encoding the signature failed: {e}"))
     }
 }
 
@@ -176,8 +173,8 @@ impl AllowedSigners {
         Ok(Self { signers })
     }
 
-    /// Checks `signature` over `manifest`; Ok names the signer's principals.
-    pub fn check(&self, manifest: &[u8], signature: &[u8]) -> Result<String, String> {
+    /// Checks `signature` over `record`; Ok names the signer's principals.
+    pub fn check(&self, record: &[u8], signature: &[u8]) -> Result<String, String> {
         let signature = SshSig::from_pem(signature)
             .map_err(|e| format!("the signature is not an SSH signature ({e})"))?;
         if signature.namespace() != NAMESPACE {
@@ -195,89 +192,12 @@ impl AllowedSigners {
             })?;
         signer
             .key
-            .verify(NAMESPACE, manifest, &signature)
+            .verify(NAMESPACE, record, &signature)
             .map_err(|_| {
-                "the signature does not match the manifest: it was changed after signing"
-                    .to_string()
+                "the signature does not match the record: it was changed after signing".to_string()
             })?;
         Ok(signer.principals.clone())
     }
-}
-
-/// With `signing.allowed_signers`, the backup's manifest must carry a valid signature by a
-/// trusted key, and `manifest` must be exactly what was signed. Unsigned, wrongly signed or
-/// changed backups are integrity failures; nothing overrides this.
-pub async fn require_signed(
-    config: &crate::config::Config,
-    target: &Target,
-    manifest: &Manifest,
-) -> anyhow::Result<()> {
-    let Some(path) = config.signing.allowed_signers.as_ref() else {
-        return Ok(());
-    };
-    let allowed = AllowedSigners::load(path)?;
-    let dir = format!("{}/{}", manifest.cluster, manifest.id);
-    let manifest_key = format!("{dir}/{}", crate::store::layout::MANIFEST_OBJECT);
-    let signature_key = format!("{dir}/{SIGNATURE_OBJECT}");
-    let refuse = |why: String| -> anyhow::Error {
-        IntegrityError(format!(
-            "backup {} is not trusted: {why}; signing.allowed_signers is set, so only backups signed by a listed key are used",
-            manifest.id
-        ))
-        .into()
-    };
-    let signature = match target.read(&signature_key).await {
-        Ok(bytes) if bytes.len() as u64 <= MAX_FILE => bytes,
-        Ok(_) => {
-            return Err(refuse(format!(
-                "{signature_key} is too large to be a signature"
-            )));
-        }
-        Err(e) if e.kind == StoreErrorKind::NotFound => {
-            return Err(refuse(format!(
-                "it has no signature ({signature_key} is missing)"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let signed = target.read(&manifest_key).await?;
-    let principals = allowed.check(&signed, &signature).map_err(refuse)?;
-    // The manifest in use must be the one whose bytes were just verified.
-    match Manifest::from_json(&signed) {
-        Ok(verified) if &verified == manifest => {}
-        _ => return Err(refuse("the manifest changed while it was read".into())),
-    }
-    tracing::debug!(id = %manifest.id, %principals, "manifest signature verified");
-    Ok(())
-}
-
-/// The newest backup whose signature `signing.allowed_signers` trusts; newer backups that
-/// it does not trust (planted, unsigned, unreadable) are skipped with a warning, so a
-/// planted "newest" backup can neither be restored nor block a restore.
-pub async fn newest_trusted(
-    config: &crate::config::Config,
-    target: &Target,
-) -> anyhow::Result<Manifest> {
-    for entry in crate::store::catalog::list_backups(target, &config.cluster).await? {
-        let Some(manifest) = entry.manifest else {
-            if let Some(problem) = entry.problem {
-                tracing::warn!(id = %entry.id, %problem, "skipping an unreadable backup");
-            }
-            continue;
-        };
-        match require_signed(config, target, &manifest).await {
-            Ok(()) => return Ok(manifest),
-            Err(e) if crate::error::exit_kind(&e) == crate::error::ExitKind::Integrity => {
-                tracing::warn!(id = %manifest.id, reason = %format!("{e:#}"), "skipping an untrusted backup");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(IntegrityError(format!(
-        "no backup of cluster {} is signed by a key in signing.allowed_signers; check that backups run with signing.key and that its public key is listed",
-        config.cluster
-    ))
-    .into())
 }
 
 fn is_key_type(field: &str) -> bool {

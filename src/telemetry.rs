@@ -12,9 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::store::Target;
-use crate::store::catalog::{list_backups, newest_successful_drill};
-
 use crate::cli::LogFormat;
 
 /// Installs the global subscriber; `RUST_LOG` overrides the verbosity flags.
@@ -199,23 +196,21 @@ impl Metrics {
 
     /// Sets the gauges that describe the target from what it holds, so a restarted `run`
     /// or a one-shot command reports the real age of the newest backup and drill.
-    pub async fn seed_from_store(&self, target: &Target, cluster: &str) -> anyhow::Result<()> {
-        let entries = list_backups(target, cluster).await?;
-        let complete: Vec<_> = entries.iter().filter_map(|e| e.manifest.as_ref()).collect();
+    pub fn observe(&self, figures: &StoreFigures) {
         self.backups_complete
-            .set(i64::try_from(complete.len()).unwrap_or(i64::MAX));
-        let stored: u64 = complete.iter().map(|m| m.stored_size()).sum();
+            .set(i64::try_from(figures.backups_complete).unwrap_or(i64::MAX));
         self.stored_bytes
-            .set(i64::try_from(stored).unwrap_or(i64::MAX));
-        if let Some(newest) = complete.first() {
-            self.last_success.set(seconds(newest.finished_at));
+            .set(i64::try_from(figures.stored_bytes).unwrap_or(i64::MAX));
+        if let Some(at) = figures.last_success {
+            self.last_success.set(seconds(at));
+        }
+        if let Some(bytes) = figures.last_stored_bytes {
             self.last_stored_bytes
-                .set(i64::try_from(newest.stored_size()).unwrap_or(i64::MAX));
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
-        if let Some((_, drill)) = newest_successful_drill(target, &entries).await {
-            self.last_drill_success.set(seconds(drill.at));
+        if let Some(at) = figures.last_drill_success {
+            self.last_drill_success.set(seconds(at));
         }
-        Ok(())
     }
 
     /// Prometheus text (OpenMetrics) of every metric.
@@ -248,6 +243,18 @@ impl Metrics {
             let _ = std::fs::remove_file(&partial);
         })
     }
+}
+
+/// What a target holds, as the metrics report it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFigures {
+    pub backups_complete: usize,
+    pub stored_bytes: u64,
+    /// When the newest counted backup finished, and what it stored.
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_stored_bytes: Option<u64>,
+    /// When the newest successful drill that counts ran.
+    pub last_drill_success: Option<DateTime<Utc>>,
 }
 
 /// This process's peak resident memory in bytes (Linux `VmHWM`), for logs and benchmarks.

@@ -1,14 +1,13 @@
-//! `list`: backups in the snapshot target, newest first.
+//! `list`: backups in the snapshot target, newest first, as the catalog classifies them.
 
 use bytesize::ByteSize;
+use chrono::Utc;
 use serde::Serialize;
 
-use crate::cli::ListArgs;
 use crate::config::Config;
-use crate::error::{ExitKind, exit_kind};
 use crate::manifest::UpgradeInfo;
-use crate::store::Target;
-use crate::store::catalog::{BackupEntry, DrillSummary, list_backups, read_drill};
+use crate::repo::{DrillSummary, Entry, Repository, Standing};
+use crate::settings::ListSettings;
 
 #[derive(Serialize)]
 struct ListedBackup<'a> {
@@ -29,61 +28,63 @@ struct ListedBackup<'a> {
     /// A manifest is there but cannot be read or used (garbled, forbidden, archived).
     damaged: bool,
     problem: Option<&'a str>,
+    /// `complete`, `future_dated`, `untrusted`, `damaged` or `incomplete`: only complete
+    /// backups count for retention, `--latest`, skip checks, `status` and the metrics.
+    standing: &'static str,
+    /// Its start time lies beyond now plus the clock tolerance (a host clock ahead, or
+    /// planted): it never counts as fresh.
+    future_dated: bool,
     /// With `signing.allowed_signers`: whether a listed key signed this manifest.
     #[serde(skip_serializing_if = "Option::is_none")]
     trusted: Option<bool>,
     /// Why the backup is not trusted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    untrusted_because: Option<String>,
+    untrusted_because: Option<&'a str>,
 }
 
-impl<'a> From<&'a BackupEntry> for ListedBackup<'a> {
-    fn from(entry: &'a BackupEntry) -> Self {
-        let manifest = entry.manifest.as_ref();
+impl<'a> ListedBackup<'a> {
+    fn new(entry: &'a Entry, signing: bool) -> Self {
+        let summary = entry.summary.as_ref();
+        let problem = match &entry.standing {
+            Standing::Damaged(problem) => Some(problem.as_str()),
+            _ => None,
+        };
+        let untrusted_because = match &entry.standing {
+            Standing::Untrusted(why) => Some(why.as_str()),
+            _ => None,
+        };
         Self {
             id: &entry.id,
             created_at: entry.started_at(),
-            complete: entry.complete(),
-            stored_size: manifest.map_or_else(|| entry.stored_bytes(), |m| m.stored_size()),
-            snapshot_size: manifest.map(|m| m.artifacts.snapshot.plaintext.size),
-            static_resources_size: manifest
-                .and_then(|m| m.artifacts.static_resources.as_ref())
-                .map(|a| a.plaintext.size),
-            platform_version: manifest.and_then(|m| m.platform_version.as_deref()),
-            upgrade: manifest.and_then(|m| m.upgrade.as_ref()),
-            dirty: manifest.is_some_and(|m| m.dirty),
+            complete: summary.is_some(),
+            stored_size: summary.map_or_else(|| entry.stored_bytes(), |s| s.stored_size),
+            snapshot_size: summary.map(|s| s.snapshot_size),
+            static_resources_size: summary.and_then(|s| s.static_resources_size),
+            platform_version: summary.and_then(|s| s.platform_version.as_deref()),
+            upgrade: summary.and_then(|s| s.upgrade.as_ref()),
+            dirty: summary.is_some_and(|s| s.dirty),
             drill: None,
-            damaged: entry.problem.is_some(),
-            problem: entry.problem.as_deref(),
-            trusted: None,
-            untrusted_because: None,
+            damaged: problem.is_some(),
+            problem,
+            standing: entry.standing.as_str(),
+            future_dated: entry.standing == Standing::FutureDated,
+            trusted: (signing && summary.is_some()).then_some(untrusted_because.is_none()),
+            untrusted_because,
         }
     }
 }
 
-pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
-    let target = Target::open(&config.targets.snapshot)?;
-    let entries = list_backups(&target, &config.cluster).await?;
-    let mut listed: Vec<ListedBackup> = entries.iter().map(ListedBackup::from).collect();
-    for (entry, listed) in entries.iter().zip(listed.iter_mut()) {
-        if let Some(key) = entry.drill_records().first() {
-            listed.drill = read_drill(&target, key).await;
-        }
-    }
-    if config.signing.allowed_signers.is_some() {
-        for (listed, entry) in listed.iter_mut().zip(&entries) {
-            let Some(manifest) = &entry.manifest else {
-                continue;
-            };
-            match crate::signing::require_signed(config, &target, manifest).await {
-                Ok(()) => listed.trusted = Some(true),
-                Err(e) if exit_kind(&e) == ExitKind::Integrity => {
-                    listed.trusted = Some(false);
-                    listed.untrusted_because = Some(format!("{e:#}"));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+pub async fn run(config: &Config, args: &ListSettings) -> anyhow::Result<()> {
+    let repo = Repository::primary(config)?;
+    let now = Utc::now();
+    let catalog = repo.catalog(now).await?;
+    let mut listed: Vec<ListedBackup> = catalog
+        .entries()
+        .iter()
+        .map(|e| ListedBackup::new(e, repo.trust_enforced()))
+        .collect();
+    for (entry, listed) in catalog.entries().iter().zip(listed.iter_mut()) {
+        listed.drill = repo.newest_drill_of(entry, now).await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&listed)?);
@@ -99,6 +100,10 @@ pub async fn run(config: &Config, args: &ListArgs) -> anyhow::Result<()> {
                 let mut status = "complete".to_string();
                 if b.trusted == Some(false) {
                     status.push_str(", UNTRUSTED (not signed by an allowed signer)");
+                }
+                if b.future_dated {
+                    status
+                        .push_str(", FUTURE-DATED (a host clock ahead, or planted; never counted)");
                 }
                 if b.dirty {
                     status.push_str(", DIRTY");

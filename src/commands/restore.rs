@@ -8,19 +8,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::Targets;
-use crate::cli::RestoreArgs;
 use crate::config::Config;
-use crate::error::{IntegrityError, Refused, UsageError};
-use crate::manifest::{Artifact, Manifest};
-use crate::pipeline::{Identities, fetch};
+use crate::error::{IntegrityError, Refusal, Refused, UsageError};
+use crate::manifest::{Artifact, ArtifactKind, Manifest};
+use crate::pipeline::fetch;
+use crate::repo::Repository;
+use crate::settings::RestoreSettings;
 use crate::source::static_resources::check_archive;
 
-pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
-    let identities = Identities::load(&args.identities)?;
-    let targets = Targets::open(config)?;
-    let manifest =
-        super::verify::select_trusted(config, &targets, args.selection.id.as_deref()).await?;
+pub async fn run(config: &Config, args: &RestoreSettings) -> anyhow::Result<()> {
+    let identities = &args.identities;
+    let repo = Repository::primary(config)?;
+    let manifest = repo.select(&args.selection).await?;
     guard_version(&manifest, args.expect_version.as_deref(), args.force)?;
 
     let snapshot = &manifest.artifacts.snapshot;
@@ -67,16 +66,24 @@ pub async fn run(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
 
     let result = async {
         restore_artifact(
-            &targets,
-            "snapshot",
+            &repo,
+            &manifest,
+            ArtifactKind::Snapshot,
             snapshot,
             snapshot_identity,
             &snapshot_file,
-            false,
         )
         .await?;
         if let (Some((artifact, identity)), Some(file)) = (static_part, &static_file) {
-            restore_artifact(&targets, "static_resources", artifact, identity, file, true).await?;
+            restore_artifact(
+                &repo,
+                &manifest,
+                ArtifactKind::StaticResources,
+                artifact,
+                identity,
+                file,
+            )
+            .await?;
         }
         anyhow::Ok(())
     }
@@ -129,11 +136,14 @@ fn refuse_other_pairs(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     found.sort();
-    Err(Refused(format!(
-        "{} already holds {}: cluster-restore.sh picks snapshot_*.db and static_kuberesources_*.tar.gz separately (each with `ls -v | tail -1`), so another pair beside this one could be mixed with it. Restore into an empty directory, or move those files away; nothing was written",
-        dir.display(),
-        found.join(", ")
-    ))
+    Err(Refused::new(
+        Refusal::DirectoryInUse,
+        format!(
+            "{} already holds {}: cluster-restore.sh picks snapshot_*.db and static_kuberesources_*.tar.gz separately (each with `ls -v | tail -1`), so another pair beside this one could be mixed with it. Restore into an empty directory, or move those files away; nothing was written",
+            dir.display(),
+            found.join(", ")
+        ),
+    )
     .into())
 }
 
@@ -163,21 +173,24 @@ fn guard_version(manifest: &Manifest, expected: Option<&str>, force: bool) -> an
         tracing::warn!("{problem}; restoring anyway (--force)");
         Ok(())
     } else {
-        Err(Refused(format!(
-            "{problem}; pick a backup of {expected}, or pass --force"
-        ))
+        Err(Refused::new(
+            Refusal::VersionMismatch,
+            format!("{problem}; pick a backup of {expected}, or pass --force"),
+        )
         .into())
     }
 }
 
 async fn restore_artifact(
-    targets: &Targets,
-    name: &str,
+    repo: &Repository,
+    manifest: &Manifest,
+    kind: ArtifactKind,
     artifact: &Artifact,
     identity: age::x25519::Identity,
     staged: &Staged,
-    keys_archive: bool,
 ) -> anyhow::Result<()> {
+    let keys_archive = kind == ArtifactKind::StaticResources;
+    let name = kind.as_str();
     // Owner-only: the snapshot names every resource and the tarball holds the encryption keys.
     let file = OpenOptions::new()
         .write(true)
@@ -185,9 +198,14 @@ async fn restore_artifact(
         .mode(0o600)
         .open(&staged.partial)
         .with_context(|| format!("creating {}", staged.partial.display()))?;
-    let etcd_trailer = name == "snapshot";
+    let etcd_trailer = kind == ArtifactKind::Snapshot;
+    let stored = repo
+        .open_artifact(manifest, kind)
+        .await
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("restoring {name} of {}", artifact.key))?;
     let fetched = fetch(
-        targets.for_artifact(name),
+        stored,
         artifact,
         Some(identity),
         etcd_trailer,

@@ -7,28 +7,20 @@ use anyhow::Context;
 use chrono::Utc;
 use tokio::net::TcpListener;
 
-use super::Targets;
-use crate::cli::RunArgs;
 use crate::config::{Config, SnapshotSource};
-use crate::error::{ConfigError, ExitKind, exit_kind};
+use crate::error::refusal;
+use crate::ops::backup::{BackupOptions, first_healthy, take};
+use crate::pipeline::Identities;
+use crate::repo::{Repository, Selection};
+use crate::settings::RunSettings;
 use crate::telemetry::Metrics;
 
-pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
-    let schedule = config.schedule.as_ref().ok_or_else(|| {
-        ConfigError::new(
-            "schedule",
-            "missing: `run` needs `schedule.cron`, e.g. \"0 3 * * *\"",
-        )
-    })?;
-    let targets = Targets::open(config)?;
+pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
+    let schedule = &args.schedule;
+    let repo = Repository::primary(config)?;
     let metrics = Arc::new(Metrics::new());
     // A restart must not make the newest backup look missing until the next one.
-    if let Err(e) = metrics
-        .seed_from_store(&targets.snapshot, &config.cluster)
-        .await
-    {
-        tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics' starting values");
-    }
+    observe(&repo, &metrics).await;
     let listener = TcpListener::bind(&args.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics endpoint {}", args.metrics_listen))?;
@@ -69,12 +61,12 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
                 _ = tokio::time::sleep_until(due) => break "schedule",
                 _ = sleep_until_some(drill_due) => {
                     if let Some(drill) = &schedule.drill {
-                        drill_newest(config, &targets, drill, &metrics).await;
+                        drill_newest(&repo, drill, &metrics).await;
                     }
                 }
                 _ = tick(&mut upgrade_check) => {
                     // Another host may have backed up the new version already.
-                    let recorded = newest_platform_version(config, &targets).await;
+                    let recorded = newest_platform_version(&repo).await;
                     if let Some(version) = upgraded(config, recorded.as_deref()).await {
                         tracing::info!(%version, "platform version changed since the last backup");
                         break "upgrade";
@@ -90,7 +82,11 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         // Any host's backup since this slot's time serves it; an upgrade needs a fresh one.
         let not_before = (reason == "schedule").then_some(next);
-        let backup = super::backup::execute(config, &targets, false, not_before);
+        let options = BackupOptions {
+            force: false,
+            not_before,
+        };
+        let backup = take(config, &repo, options);
         tokio::pin!(backup);
         let mut stopping = false;
         let outcome = tokio::select! {
@@ -108,27 +104,25 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<()> {
             Ok(manifest) => {
                 metrics.count_backup("success");
                 metrics.ran("backup", true);
-                if let Err(e) = super::backup::prune_after(config, &targets, &manifest.id).await {
+                let policy = config.retention.as_ref();
+                if let Err(e) = crate::ops::prune::after_backup(policy, &repo, &manifest.id).await {
                     tracing::error!(error = %format!("{e:#}"), "prune failed");
                 }
             }
-            Err(e) if exit_kind(&e) == ExitKind::Refused => {
+            // Another host did (or does) this slot's backup: a skip, not a failure.
+            Err(e) if refusal(&e).is_some_and(|r| r.routine()) => {
                 metrics.count_backup("skipped");
                 metrics.ran("backup", true);
                 tracing::info!(reason = %format!("{e:#}"), "backup skipped");
             }
+            // Clocks apart and every other failure need a human.
             Err(e) => {
                 metrics.count_backup("failure");
                 metrics.ran("backup", false);
                 tracing::error!(error = %format!("{e:#}"), "backup failed");
             }
         }
-        if let Err(e) = metrics
-            .seed_from_store(&targets.snapshot, &config.cluster)
-            .await
-        {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics");
-        }
+        observe(&repo, &metrics).await;
         if stopping {
             tracing::info!("shutting down");
             return Ok(());
@@ -144,22 +138,31 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// `schedule.drill`: drills the newest (trusted) backup and records the outcome.
-async fn drill_newest(
-    config: &Config,
-    targets: &Targets,
-    drill: &crate::config::DrillSchedule,
-    metrics: &Metrics,
-) {
+/// The metrics' figures of what the repository holds.
+async fn observe(repo: &Repository, metrics: &Metrics) {
+    match crate::ops::store_figures(repo).await {
+        Ok(figures) => metrics.observe(&figures),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics")
+        }
+    }
+}
+
+/// `schedule.drill`: drills the newest trusted backup and records the outcome.
+async fn drill_newest(repo: &Repository, drill: &crate::config::DrillSchedule, metrics: &Metrics) {
     tracing::info!(cron = %drill.cron_text, "scheduled drill starting");
-    let outcome =
-        super::drill::execute(config, targets, None, &drill.identities, &drill.host).await;
+    let outcome = match Identities::load(&drill.identities) {
+        Ok(identities) => {
+            crate::ops::drill::execute(repo, &Selection::Latest, &identities, &drill.host).await
+        }
+        Err(e) => Err(e.into()),
+    };
     let result = match outcome {
         Ok((record, stored)) => {
             if let Err(e) = stored {
                 tracing::error!(error = %format!("{e:#}"), "the drill's record could not be stored");
             }
-            match super::drill::outcome(&record) {
+            match crate::ops::drill::outcome(&record) {
                 Ok(()) => {
                     tracing::info!(id = %record.backup_id, "drill passed");
                     "success"
@@ -177,12 +180,7 @@ async fn drill_newest(
     };
     metrics.count_drill(result);
     metrics.ran("drill", result == "success");
-    if let Err(e) = metrics
-        .seed_from_store(&targets.snapshot, &config.cluster)
-        .await
-    {
-        tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics");
-    }
+    observe(repo, metrics).await;
 }
 
 /// Waits for the next upgrade check, or forever when checks are off.
@@ -195,15 +193,15 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The platform version of the newest complete backup in the target.
-async fn newest_platform_version(config: &Config, targets: &Targets) -> Option<String> {
-    match crate::store::catalog::list_backups(&targets.snapshot, &config.cluster).await {
-        Ok(entries) => entries
-            .into_iter()
-            .find_map(|e| e.manifest)
-            .and_then(|m| m.platform_version),
+/// The platform version of the newest trusted backup (never a future-dated or planted
+/// one: a backup taken now must satisfy the trigger, or it would fire again and again).
+async fn newest_platform_version(repo: &Repository) -> Option<String> {
+    match repo.newest_trusted(Utc::now()).await {
+        Ok(newest) => newest
+            .and_then(|e| e.summary)
+            .and_then(|s| s.platform_version),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the newest backup's platform version");
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the newest backup's platform version");
             None
         }
     }
@@ -214,7 +212,7 @@ async fn upgraded(config: &Config, recorded: Option<&str>) -> Option<String> {
     let SnapshotSource::Etcd(etcd) = &config.source else {
         return None;
     };
-    let mut member = match super::backup::first_healthy(etcd, 0).await {
+    let mut member = match first_healthy(etcd, 0).await {
         Ok((_, member)) => member,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "upgrade check: etcd unavailable");

@@ -23,7 +23,7 @@ pub use self::compression::{Compression, Priority};
 pub use self::encryption::{Encryption, Recipients};
 pub use self::schedule::{DrillSchedule, Schedule};
 pub use self::source::{EtcdSource, Pace, SnapshotSource, StaticResources, StaticSelection};
-pub use self::targets::{TargetConfig, Targets};
+pub use self::targets::{MAX_LOCK_STALE_AFTER, TargetConfig, Targets};
 use crate::duration::MAX_DURATION;
 use crate::error::ConfigError;
 use crate::retention::RetentionPolicy;

@@ -276,10 +276,7 @@ fn discover_tls(etcd: &mut EtcdSource, check_files: bool) -> Result<(), ConfigEr
         .base_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(OPENSHIFT_BASE_DIR));
-    let node = etcd
-        .node_name
-        .clone()
-        .unwrap_or_else(crate::store::lock::hostname);
+    let node = etcd.node_name.clone().unwrap_or_else(crate::ids::hostname);
     let found =
         crate::source::openshift_tls::discover(&base_dir, Path::new(OPENSHIFT_RUN_DIR), &node)
             .map_err(|problem| ConfigError::new("source.etcd.discover", problem))?;

@@ -21,6 +21,10 @@ pub struct Targets {
 /// Default of `targets.lock_stale_after`: a live run renews its lock every third of it.
 pub const DEFAULT_LOCK_STALE_AFTER: Duration = Duration::from_secs(180);
 
+/// The longest `targets.lock_stale_after` (and the longest any lock record may promise):
+/// a run that dies holding the lock stops backups for this long.
+pub const MAX_LOCK_STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// A storage URL and object_store options (validated keys; values may be secrets).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +69,16 @@ pub(super) fn resolve(raw: RawTargets) -> Result<Targets, ConfigError> {
         return Err(ConfigError::new(
             "targets.lock_stale_after",
             "must be at least 3s: a live run renews its lock every third of it; the default is 3m",
+        ));
+    }
+    if lock_stale_after > MAX_LOCK_STALE_AFTER {
+        return Err(ConfigError::new(
+            "targets.lock_stale_after",
+            format!(
+                "{} is longer than the maximum {}: a run that dies holding the lock would stop backups that long; the default is 3m",
+                humantime::format_duration(lock_stale_after),
+                humantime::format_duration(MAX_LOCK_STALE_AFTER)
+            ),
         ));
     }
     Ok(Targets {
@@ -151,5 +165,15 @@ mod tests {
         assert_eq!(err_key(&text), "targets.snapshot.options.aws_regin");
         let text = snapshot_only().replace("  snapshot:\n    url", "  snapshots:\n    url");
         assert_eq!(err_key(&text), "targets.snapshots");
+    }
+
+    #[test]
+    fn the_lock_timeout_is_bounded() {
+        let with = |d: &str| format!("{}  lock_stale_after: {d}\n", snapshot_only());
+        for bad in ["2s", "25h", "300000y"] {
+            assert_eq!(err_key(&with(bad)), "targets.lock_stale_after", "{bad}");
+        }
+        crate::config::parse(&with("24h"), crate::config::Purpose::TakeBackups)
+            .expect("a day is allowed");
     }
 }

@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::kube_encryption::{DecryptError, Keyring};
-use crate::manifest::Manifest;
+use crate::manifest::{ArtifactKind, Manifest};
 use crate::pipeline::{FetchError, fetch};
+use crate::repo::Repository;
 use crate::source::content::{ContentFacts, EncryptedValue};
-use crate::store::Target;
 use scratch::{CannotRun, EtcdTools, ScratchDir, ScratchEtcd};
 
 /// The record of one drill, stored create-only next to the manifest.
@@ -70,13 +70,13 @@ impl Check {
     }
 }
 
-/// Where the artifacts come from and who can open them.
+/// The backup, where its artifacts come from, and who can open them.
 pub struct DrillInputs<'a> {
     pub manifest: &'a Manifest,
-    pub snapshot_target: &'a Target,
+    pub repo: &'a Repository,
     pub snapshot_identity: age::x25519::Identity,
-    /// The keys archive's target and identity, when the backup has one.
-    pub keys: Option<(&'a Target, age::x25519::Identity)>,
+    /// The keys archive's identity, when the backup has one.
+    pub keys_identity: Option<age::x25519::Identity>,
 }
 
 /// Runs the drill. Failed checks are in the record; errors are drills that could not run.
@@ -99,7 +99,7 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
         format_version: 1,
         backup_id: manifest.id.clone(),
         at: Utc::now(),
-        host: crate::store::lock::hostname(),
+        host: crate::ids::hostname(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         ok: false,
         checks: Vec::new(),
@@ -117,18 +117,27 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
         .mode(0o600)
         .open(&snapshot_file)
         .map_err(|e| CannotRun(format!("creating {}: {e}", snapshot_file.display())))?;
-    let fetched = fetch(
-        inputs.snapshot_target,
-        &manifest.artifacts.snapshot,
-        Some(inputs.snapshot_identity),
-        true,
-        move |reader| {
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            io::copy(reader, &mut out)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()
-        },
-    )
-    .await;
+    let fetched = match inputs
+        .repo
+        .open_artifact(manifest, ArtifactKind::Snapshot)
+        .await
+    {
+        Ok(stored) => {
+            fetch(
+                stored,
+                &manifest.artifacts.snapshot,
+                Some(inputs.snapshot_identity),
+                true,
+                move |reader| {
+                    let mut out = BufWriter::with_capacity(1 << 20, file);
+                    io::copy(reader, &mut out)?;
+                    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+                },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if let Some(failed) = fetch_failure(fetched)? {
         record.checks.push(Check::new(
             "snapshot decrypts and matches",
@@ -144,7 +153,7 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
     ));
 
     // 2. The keys archive: read through, its EncryptionConfiguration kept.
-    let keyring = match &inputs.keys {
+    let keyring = match &inputs.keys_identity {
         None => {
             record.checks.push(Check::new(
                 "keys archive",
@@ -153,20 +162,30 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
             ));
             None
         }
-        Some((target, identity)) => {
-            let artifact = manifest
-                .artifacts
-                .static_resources
-                .as_ref()
-                .expect("keys are given only with a keys archive");
-            let fetched = fetch(
-                target,
-                artifact,
-                Some(identity.clone()),
-                false,
-                find_encryption_config,
-            )
-            .await;
+        Some(identity) => {
+            let fetched = match (
+                manifest.artifacts.static_resources.as_ref(),
+                inputs
+                    .repo
+                    .open_artifact(manifest, ArtifactKind::StaticResources)
+                    .await,
+            ) {
+                (Some(artifact), Ok(stored)) => {
+                    fetch(
+                        stored,
+                        artifact,
+                        Some(identity.clone()),
+                        false,
+                        find_encryption_config,
+                    )
+                    .await
+                }
+                (_, Err(e)) => Err(e),
+                (None, Ok(_)) => Err(FetchError::Other(anyhow::anyhow!(
+                    "backup {} has no keys archive",
+                    manifest.id
+                ))),
+            };
             match fetched {
                 Err(e) => match fetch_failure::<()>(Err(e))? {
                     Some(failed) => {

@@ -5,13 +5,16 @@ use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::str::FromStr;
 
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::digest::{Hasher, HashingReader};
 use crate::error::{IntegrityError, UsageError};
 use crate::manifest::{Artifact, Digest};
-use crate::store::{StoreErrorKind, Target};
+
+/// A stored artifact's bytes as the repository hands them over, opened for reading.
+pub type StoredBytes = BoxStream<'static, io::Result<Bytes>>;
 
 /// age x25519 identities loaded from files; never printed.
 #[derive(Default, Clone)]
@@ -100,12 +103,13 @@ impl From<FetchError> for anyhow::Error {
     }
 }
 
-/// Streams `artifact` from `target`; any mismatch with the manifest is an [`IntegrityError`].
+/// Reads `stored`, the bytes of `artifact`; any mismatch with the manifest is an
+/// [`IntegrityError`].
 ///
 /// With an identity, `consume` reads the plaintext (whatever it leaves unread is drained and
 /// hashed too). Its result is only trustworthy once this returns Ok.
 pub async fn fetch<T, C>(
-    target: &Target,
+    stored: StoredBytes,
     artifact: &Artifact,
     identity: Option<age::x25519::Identity>,
     etcd_trailer: bool,
@@ -116,27 +120,7 @@ where
     C: FnOnce(&mut dyn Read) -> io::Result<T> + Send + 'static,
 {
     let key = artifact.key.clone();
-    let (_, stream) = match target.read_stream(&key).await {
-        Ok(found) => found,
-        Err(e) if e.kind == StoreErrorKind::NotFound => {
-            // A moved target looks like a lost object: say so.
-            let moved = if artifact.target != target.url() {
-                format!(
-                    " (the manifest records it in {}, the config points at {})",
-                    artifact.target,
-                    target.url()
-                )
-            } else {
-                String::new()
-            };
-            return Err(FetchError::Stored(IntegrityError(format!(
-                "{key} is missing from {}{moved}",
-                target.url()
-            ))));
-        }
-        Err(e) => return Err(anyhow::Error::from(e).into()),
-    };
-    let reader = SyncIoBridge::new(StreamReader::new(stream.map_err(io::Error::other)));
+    let reader = SyncIoBridge::new(StreamReader::new(stored));
     let expected = artifact.clone();
     tokio::task::spawn_blocking(move || {
         let mut stored = FlaggingReader::new(HashingReader {

@@ -1,10 +1,11 @@
-//! One pipeline for every artifact: digest → zstd → age → digest → multipart upload.
+//! One pipeline for every artifact: digest → zstd → age → digest → a [`Sink`] it is handed.
 //!
 //! The producer (etcd stream, tar builder, file copy) writes plaintext on a blocking
-//! thread; encoded chunks cross a bounded channel to the async uploader. Memory is bounded
-//! by the channel ([`CHANNEL_CHUNKS`] × [`CHUNK_SIZE`]), the upload parts
-//! ([`store::PART_SIZE`] × ([`store::UPLOAD_CONCURRENCY`] + 1)) and zstd's window and jobs,
-//! whatever the size of the input. Nothing is written to local disk.
+//! thread; encoded chunks cross a bounded channel to the async sink. Memory is bounded by
+//! the channel ([`CHANNEL_CHUNKS`] × [`CHUNK_SIZE`]), the sink's parts in flight (the
+//! store's upload: part size × (concurrency + 1)) and zstd's window and jobs, whatever
+//! the size of the input. Nothing is written to local disk. The pipeline knows nothing of
+//! stores or keys: the repository hands it a sink to write and a stream to read.
 
 mod digest;
 mod fetch;
@@ -15,12 +16,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use digest::{Hasher, HashingWriter};
-pub use fetch::{FetchError, Identities, fetch};
+pub use fetch::{FetchError, Identities, StoredBytes, fetch};
 
 use crate::config::{Compression, Recipients};
 use crate::error::IntegrityError;
-use crate::manifest::{Artifact, CompressionInfo, Digest, EncryptionInfo};
-use crate::store::{self, StoreError, Target};
+use crate::manifest::{CompressionInfo, Digest, EncryptionInfo};
 
 /// Encoded bytes handed to the uploader at a time.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -40,44 +40,65 @@ pub struct Encoding {
     pub progress: indicatif::ProgressBar,
 }
 
-/// Why an artifact could not be shipped; the upload has been aborted in every case.
+/// Where the encoded bytes of one artifact go (the repository hands one per artifact): a
+/// writer that must be finished, or aborted, says so in its type.
+pub trait Sink: Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Takes one part, waiting while the sink is full.
+    fn put(&mut self, part: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Completes the object: it exists only once this returns Ok.
+    fn finish(self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Gives the object up.
+    fn abort(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Why an artifact could not be shipped; the sink has been aborted in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("reading the source failed: {0}")]
     Source(io::Error),
     #[error("encoding failed: {0}")]
     Encode(io::Error),
+    /// The sink (the store) failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Sink(Box<dyn std::error::Error + Send + Sync>),
     #[error("the snapshot failed its integrity check")]
     Integrity(#[from] IntegrityError),
 }
 
-/// Runs `produce` through the pipeline into `target` at `key`; the object exists only on Ok.
-pub async fn ship<T, P>(
-    target: &Target,
-    key: &str,
+/// What was shipped: both digests and how the bytes were encoded.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub plaintext: Digest,
+    pub stored: Digest,
+    pub compression: CompressionInfo,
+    pub encryption: EncryptionInfo,
+}
+
+/// Runs `produce` through the pipeline into `sink`; the object exists only on Ok.
+pub async fn ship<S, T, P>(
+    mut sink: S,
     encoding: Encoding,
     produce: P,
-) -> Result<(Artifact, T), ShipError>
+) -> Result<(Encoded, T), ShipError>
 where
+    S: Sink,
     T: Send + 'static,
     P: FnOnce(&mut dyn Write) -> io::Result<T> + Send + 'static,
 {
-    let mut upload = target.upload(key).await?;
+    let sink_error = |e: S::Error| ShipError::Sink(Box::new(e));
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let level = encoding.compression.level;
     let recipients = encoding.recipients.texts();
     let encoder = tokio::task::spawn_blocking(move || encode(&encoding, tx, produce));
     let pump = async {
-        // Owning the receiver here closes the channel as soon as the upload fails,
+        // Owning the receiver here closes the channel as soon as the sink fails,
         // which stops the encoder instead of leaving it blocked.
         let mut rx = rx;
         while let Some(chunk) = rx.recv().await {
-            upload.wait_for_capacity(store::UPLOAD_CONCURRENCY).await?;
-            upload.put(chunk);
+            sink.put(chunk).await?;
         }
-        Ok::<(), object_store::Error>(())
+        Ok::<(), S::Error>(())
     };
     let (pumped, encoded) = tokio::join!(pump, encoder);
     let encoded = encoded.unwrap_or_else(|e| {
@@ -86,31 +107,19 @@ where
         ))))
     });
     let outcome = match (pumped, encoded) {
-        (Err(e), _) => Err(ShipError::Store(target.upload_error(key, &e))),
+        (Err(e), _) => Err(sink_error(e)),
         (Ok(()), Err(e)) => Err(e),
-        // Parts still in flight are awaited here: when one has failed, `finish()` would
-        // abort and report the abort's error (a dead store fails that too) instead of the part's.
-        (Ok(()), Ok(done)) => match upload.wait_for_capacity(0).await {
-            Ok(()) => Ok(done),
-            Err(e) => Err(ShipError::Store(target.upload_error(key, &e))),
-        },
+        (Ok(()), Ok(done)) => Ok(done),
     };
     let (plaintext, stored, produced) = match outcome {
         Ok(done) => done,
         Err(e) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(key, error = %crate::error::one_line(&abort), "could not abort the upload; the store expires it");
-            }
+            sink.abort().await;
             return Err(e);
         }
     };
-    upload
-        .finish()
-        .await
-        .map_err(|e| target.upload_error(key, &e))?;
-    let artifact = Artifact {
-        target: target.url().to_string(),
-        key: key.to_string(),
+    sink.finish().await.map_err(sink_error)?;
+    let shipped = Encoded {
         plaintext,
         stored,
         compression: CompressionInfo {
@@ -122,16 +131,17 @@ where
             recipients,
         },
     };
-    Ok((artifact, produced))
+    Ok((shipped, produced))
 }
 
-type Encoded<T> = (Digest, Digest, T);
+/// The plaintext and stored digests, and what the producer returned.
+type EncodeOutcome<T> = (Digest, Digest, T);
 
 fn encode<T>(
     encoding: &Encoding,
     tx: mpsc::Sender<Bytes>,
     produce: impl FnOnce(&mut dyn Write) -> io::Result<T>,
-) -> Result<Encoded<T>, ShipError> {
+) -> Result<EncodeOutcome<T>, ShipError> {
     let recipients = encoding
         .recipients
         .keys
@@ -173,7 +183,7 @@ fn zstd_writer<W: Write>(
     Ok(encoder)
 }
 
-/// The end of the encoder chain: hashes the stored bytes and hands chunks to the uploader.
+/// The end of the encoder chain: hashes the stored bytes and hands chunks to the sink.
 struct UploadSink {
     tx: mpsc::Sender<Bytes>,
     buffer: BytesMut,

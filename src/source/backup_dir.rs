@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 
+use crate::ids::parse_restore_timestamp;
 use crate::manifest::{DIRTY_SUFFIX, SourceInfo};
-use crate::store::layout::parse_restore_timestamp;
 
 /// A keys archive is a few MiB; reading this much of one without its end means it is not one.
 const TARBALL_CAP: u64 = 1024 * 1024 * 1024;

@@ -1,10 +1,8 @@
-//! One storage interface over object_store: target URLs, object operations, the backup catalog.
+//! One storage interface over object_store: target URLs, per-backend options, object
+//! operations and file:// safety. It knows nothing of backups: the repository
+//! ([`crate::repo`]) decides what the objects mean.
 
-pub mod catalog;
-pub mod layout;
 mod local;
-pub mod lock;
-pub mod repo;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -41,6 +39,8 @@ pub enum StoreErrorKind {
     NotFound,
     AlreadyExists,
     Denied,
+    /// A small object above [`SMALL_OBJECT_CAP`]: damaged, or not written by etcd-offsite.
+    TooLarge,
     Other,
 }
 
@@ -339,7 +339,7 @@ impl Target {
             .await
             .map_err(|e| self.error("read", key, &e))?;
         let too_large = || StoreError {
-            kind: StoreErrorKind::Other,
+            kind: StoreErrorKind::TooLarge,
             op: "read",
             location: format!("{}/{key}", self.url()),
             reason: format!(
@@ -364,10 +364,21 @@ impl Target {
 
     /// Whether an object exists (a store that keeps what it was told to delete).
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.head(key).await?.is_some())
+    }
+
+    /// An object's size and modification time (by the store's clock), or None when it
+    /// does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        self.local_guard("head", key)?;
         match self.store.head(&self.path(key)).await {
-            Ok(_) => Ok(true),
+            Ok(meta) => Ok(Some(StoredObject {
+                key: key.to_string(),
+                size: meta.size,
+                last_modified: meta.last_modified,
+            })),
             Err(e) => match self.error("head", key, &e) {
-                err if err.kind == StoreErrorKind::NotFound => Ok(false),
+                err if err.kind == StoreErrorKind::NotFound => Ok(None),
                 err => Err(err),
             },
         }
@@ -467,8 +478,8 @@ impl Target {
         }
     }
 
-    /// Starts a multipart upload with bounded part size.
-    pub async fn upload(&self, key: &str) -> Result<WriteMultipart, StoreError> {
+    /// Starts a multipart upload with bounded part size and parts in flight.
+    pub async fn upload(&self, key: &str) -> Result<Upload, StoreError> {
         // An upload started twice leaves the first one unfinished, which the bucket's
         // lifecycle rule for incomplete multipart uploads removes.
         let upload = self
@@ -479,12 +490,54 @@ impl Target {
                     .map_err(|e| self.error("upload", key, &e))
             })
             .await?;
-        Ok(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+        Ok(Upload {
+            parts: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            target: self.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+/// An object being uploaded in parts; it exists only once [`Upload::finish`] returns Ok.
+#[must_use = "an upload must be finished or aborted"]
+pub struct Upload {
+    parts: WriteMultipart,
+    target: Target,
+    key: String,
+}
+
+impl Upload {
+    /// Hands one part to the store, first waiting while [`UPLOAD_CONCURRENCY`] are in flight.
+    pub async fn put(&mut self, part: Bytes) -> Result<(), StoreError> {
+        self.parts
+            .wait_for_capacity(UPLOAD_CONCURRENCY)
+            .await
+            .map_err(|e| self.target.error("upload", &self.key, &e))?;
+        self.parts.put(part);
+        Ok(())
     }
 
-    /// Maps an upload error with this target's wording.
-    pub fn upload_error(&self, key: &str, err: &object_store::Error) -> StoreError {
-        self.error("upload", key, err)
+    /// Completes the object. Parts still in flight are awaited first: when one has failed,
+    /// completing would abort and report the abort's error (a dead store fails that too)
+    /// instead of the part's.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        if let Err(e) = self.parts.wait_for_capacity(0).await {
+            let err = self.target.error("upload", &self.key, &e);
+            self.abort().await;
+            return Err(err);
+        }
+        self.parts
+            .finish()
+            .await
+            .map(drop)
+            .map_err(|e| self.target.error("upload", &self.key, &e))
+    }
+
+    /// Gives the object up; where the store cannot abort, it expires the parts.
+    pub async fn abort(self) {
+        if let Err(e) = self.parts.abort().await {
+            tracing::warn!(key = %self.key, error = %one_line(&e), "could not abort the upload; the store expires it");
+        }
     }
 }
 

@@ -12,11 +12,18 @@
 //! where the store allows it, best effort.
 //!
 //! A holder renews every third of `lock_stale_after` by writing the next generation; a
-//! held generation older than that (by the store's modification time) belongs to a dead
-//! or cut-off run and is broken. A holder on this host that is provably gone (same host
+//! held generation older than that belongs to a dead or cut-off run and is broken. Ages
+//! are the store's: the generation's modification time against the store's now, as this
+//! run measured it ([`StoreClock`]), so a host whose clock is wrong never breaks a live
+//! run's lock. A holder on this host that is provably gone (same host
 //! name, boot id and pid namespace, and its pid no longer runs the process that wrote
 //! the record) is broken at once. A holder that finds the next generation written by
 //! someone else has lost the lock and must not commit.
+//!
+//! Records are untrusted input: one above the small-object cap, with a `stale_after_secs`
+//! beyond [`MAX_STALE_AFTER`], or otherwise garbled counts as unreadable (held until it is
+//! stale by its modification time, then broken); generation numbers from
+//! [`MAX_GENERATION`] on are not this lock's and are ignored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,9 +33,19 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::layout::LOCK_DIR;
-use super::{StoreError, StoreErrorKind, StoredObject, Target};
-use crate::error::Refused;
+use super::clock::StoreClock;
+use super::layout::Layout;
+use crate::error::{Refusal, Refused};
+use crate::ids::hostname;
+use crate::store::{StoreError, StoreErrorKind, StoredObject, Target};
+
+/// The longest `lock_stale_after` a record may promise, and the config may set: a lock
+/// that a dead run holds for more than a day stops a day of backups.
+pub use crate::config::MAX_LOCK_STALE_AFTER as MAX_STALE_AFTER;
+
+/// Generations at or beyond this are not this lock's (at one generation a minute, two
+/// billion years away): a planted huge number could not be followed by another.
+pub const MAX_GENERATION: u64 = 999_999_999_999_999;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,21 +128,18 @@ fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn generation_key(cluster: &str, generation: u64) -> String {
-    format!("{cluster}/{LOCK_DIR}/{generation:016}")
-}
-
-/// The lock's generations among listed objects, lowest first.
-fn generations_in(listed: &[StoredObject], cluster: &str) -> Vec<(u64, StoredObject)> {
+/// The lock's generations among listed objects, lowest first; numbers from
+/// [`MAX_GENERATION`] on are ignored with a warning.
+fn generations_in(listed: &[StoredObject], layout: &Layout) -> Vec<(u64, StoredObject)> {
     let mut found: Vec<(u64, StoredObject)> = listed
         .iter()
-        .filter_map(|o| {
-            let name = o.key.rsplit('/').next()?;
-            let generation = name
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| name.parse::<u64>().ok())??;
-            (o.key == generation_key(cluster, generation)).then(|| (generation, o.clone()))
+        .filter_map(|o| Some((layout.generation_of(&o.key)?, o.clone())))
+        .filter(|(generation, o)| {
+            let ours = *generation < MAX_GENERATION;
+            if !ours {
+                tracing::warn!(lock = %o.key, "ignored: a lock generation this high was not written by etcd-offsite");
+            }
+            ours
         })
         .collect();
     found.sort_by_key(|(generation, _)| *generation);
@@ -135,16 +149,33 @@ fn generations_in(listed: &[StoredObject], cluster: &str) -> Vec<(u64, StoredObj
 /// The lock's generations, lowest first.
 async fn generations(
     target: &Target,
-    cluster: &str,
+    layout: &Layout,
 ) -> Result<Vec<(u64, StoredObject)>, StoreError> {
-    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
-    Ok(generations_in(&listed, cluster))
+    let listed = target.list(&layout.lock_dir()).await?;
+    Ok(generations_in(&listed, layout))
 }
 
-/// A record, or why it is unusable (`Ok(Err(reason))`).
+/// A record, or why it is unusable (`Ok(Err(reason))`): garbled, too large, or with a
+/// promise to renew that no run makes.
 async fn read_record(target: &Target, key: &str) -> Result<Result<LockRecord, String>, StoreError> {
-    let bytes = target.read(key).await?;
-    Ok(serde_json::from_slice::<LockRecord>(&bytes).map_err(|e| e.to_string()))
+    let bytes = match target.read(key).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind == StoreErrorKind::TooLarge => return Ok(Err(e.reason)),
+        Err(e) => return Err(e),
+    };
+    Ok(serde_json::from_slice::<LockRecord>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|record| {
+            if record.stale_after_secs > MAX_STALE_AFTER.as_secs() {
+                Err(format!(
+                    "stale_after_secs {} is beyond the {} that any run promises",
+                    record.stale_after_secs,
+                    humantime::format_duration(MAX_STALE_AFTER)
+                ))
+            } else {
+                Ok(record)
+            }
+        }))
 }
 
 enum Created {
@@ -159,7 +190,12 @@ async fn create_generation(
     key: &str,
     record: &LockRecord,
 ) -> Result<Created, StoreError> {
-    let body = serde_json::to_vec(record).expect("a lock record serializes");
+    let body = serde_json::to_vec(record).map_err(|e| StoreError {
+        kind: StoreErrorKind::Other,
+        op: "create",
+        location: format!("{}/{key}", target.url()),
+        reason: format!("the lock record does not serialize: {e}"),
+    })?;
     let written = target.create(key, Bytes::from(body)).await;
     if matches!(written, Ok(true)) {
         return Ok(Created::Ours);
@@ -176,9 +212,9 @@ async fn create_generation(
 }
 
 /// Deletes generations below `keep`, best effort (a store may refuse deletes).
-async fn delete_below(target: &Target, cluster: &str, keep: u64, known: &[u64]) {
+async fn delete_below(target: &Target, layout: &Layout, keep: u64, known: &[u64]) {
     for generation in known.iter().filter(|g| **g < keep) {
-        if let Err(e) = target.delete(&generation_key(cluster, *generation)).await {
+        if let Err(e) = target.delete(&layout.lock_generation(*generation)).await {
             tracing::debug!(error = %e, "an old lock generation stays (the store keeps it)");
         }
     }
@@ -194,19 +230,22 @@ struct Shared {
 #[must_use = "a lock must be released"]
 pub struct BackupLock {
     target: Target,
-    cluster: String,
+    layout: Layout,
     record: LockRecord,
     shared: Arc<Shared>,
     renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Takes the lock of `cluster` in `target`, breaking a stale or provably dead holder's.
-/// A live holder is a [`Refused`] error; store failures are [`StoreError`]s.
+/// Takes the lock of the layout's cluster in `target`, breaking a stale or provably dead
+/// holder's (stale by the store's `clock`). A live holder is a [`Refused`] error; store
+/// failures are [`StoreError`]s.
 pub async fn acquire(
     target: &Target,
-    cluster: &str,
+    layout: &Layout,
     stale_after: Duration,
+    clock: &StoreClock,
 ) -> anyhow::Result<BackupLock> {
+    let stale_after = stale_after.min(MAX_STALE_AFTER);
     let me = ProcessIdentity::current();
     let now = Utc::now();
     let mut record = LockRecord {
@@ -222,31 +261,36 @@ pub async fn acquire(
         stale_after_secs: stale_after.as_secs().max(1),
     };
     for _ in 0..3 {
-        let known = generations(target, cluster).await?;
+        let known = generations(target, layout).await?;
         let next = match known.last() {
             None => 1,
-            Some((generation, object)) => match judge(target, &me, object, stale_after).await? {
-                Judgement::Free => generation + 1,
-                Judgement::Gone => continue,
-                Judgement::Held(why) => {
-                    return Err(Refused(format!(
-                        "backup lock {}/{} {why}: another run is taking this backup",
-                        target.url(),
-                        object.key
-                    ))
-                    .into());
+            Some((generation, object)) => {
+                match judge(target, &me, object, stale_after, clock).await? {
+                    Judgement::Free => generation + 1,
+                    Judgement::Gone => continue,
+                    Judgement::Held(why) => {
+                        return Err(Refused::new(
+                            Refusal::LockHeld,
+                            format!(
+                                "backup lock {}/{} {why}: another run is taking this backup",
+                                target.url(),
+                                object.key
+                            ),
+                        )
+                        .into());
+                    }
                 }
-            },
+            }
         };
         record.written_at = Utc::now();
         if let Created::Ours =
-            create_generation(target, &generation_key(cluster, next), &record).await?
+            create_generation(target, &layout.lock_generation(next), &record).await?
         {
             let known: Vec<u64> = known.iter().map(|(g, _)| *g).collect();
-            delete_below(target, cluster, next, &known).await;
+            delete_below(target, layout, next, &known).await;
             return Ok(BackupLock::start(
                 target.clone(),
-                cluster,
+                layout.clone(),
                 record,
                 next,
                 stale_after,
@@ -254,10 +298,14 @@ pub async fn acquire(
         }
         // Another run created that generation first: judge it like any other.
     }
-    Err(Refused(format!(
-        "backup lock {}/{cluster}/{LOCK_DIR} is contended: other runs took it while this one tried; try again",
-        target.url()
-    ))
+    Err(Refused::new(
+        Refusal::LockHeld,
+        format!(
+            "backup lock {}/{} is contended: other runs took it while this one tried; try again",
+            target.url(),
+            layout.lock_dir()
+        ),
+    )
     .into())
 }
 
@@ -275,8 +323,9 @@ async fn judge(
     me: &ProcessIdentity,
     object: &StoredObject,
     stale_after: Duration,
+    clock: &StoreClock,
 ) -> Result<Judgement, StoreError> {
-    let age = Utc::now() - object.last_modified;
+    let age = clock.now() - object.last_modified;
     let record = match read_record(target, &object.key).await {
         Ok(record) => record,
         Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(Judgement::Gone),
@@ -292,7 +341,7 @@ async fn judge(
             } else {
                 Judgement::Held(format!(
                     "is unreadable ({reason}); it counts as held until {}",
-                    (object.last_modified + wait).to_rfc3339()
+                    later(object.last_modified, wait)
                 ))
             });
         }
@@ -316,7 +365,7 @@ async fn judge(
         record.pid,
         record.acquired_at.to_rfc3339(),
         object.last_modified.to_rfc3339(),
-        (object.last_modified + wait).to_rfc3339()
+        later(object.last_modified, wait)
     )))
 }
 
@@ -324,27 +373,23 @@ fn delta(d: Duration) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
 }
 
-/// Who holds the lock of `cluster` right now, if a live run does (commands use
-/// [`holder_in`] with the listing they already have).
-#[cfg(test)]
-pub async fn holder(
-    target: &Target,
-    cluster: &str,
-    stale_after: Duration,
-) -> Result<Option<String>, StoreError> {
-    let listed = target.list(&format!("{cluster}/{LOCK_DIR}")).await?;
-    holder_in(target, cluster, &listed, stale_after).await
+/// `at + wait` in words, without overflowing.
+fn later(at: DateTime<Utc>, wait: chrono::TimeDelta) -> String {
+    at.checked_add_signed(wait)
+        .map_or_else(|| "never".to_string(), |t| t.to_rfc3339())
 }
 
-/// [`holder`] from a listing the caller already has (of the cluster or of its lock).
+/// Who holds the lock right now, if a live run does, from a listing the caller already
+/// has (of the cluster or of its lock).
 pub async fn holder_in(
     target: &Target,
-    cluster: &str,
+    layout: &Layout,
     listed: &[StoredObject],
     stale_after: Duration,
+    clock: &StoreClock,
 ) -> Result<Option<String>, StoreError> {
     let me = ProcessIdentity::current();
-    let known = generations_in(listed, cluster);
+    let known = generations_in(listed, layout);
     let Some((_, object)) = known.last() else {
         return Ok(None);
     };
@@ -354,16 +399,18 @@ pub async fn holder_in(
         Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(match judge(target, &me, object, stale_after).await? {
-        Judgement::Held(_) => Some(format!("{} (pid {})", record.host, record.pid)),
-        Judgement::Free | Judgement::Gone => None,
-    })
+    Ok(
+        match judge(target, &me, object, stale_after.min(MAX_STALE_AFTER), clock).await? {
+            Judgement::Held(_) => Some(format!("{} (pid {})", record.host, record.pid)),
+            Judgement::Free | Judgement::Gone => None,
+        },
+    )
 }
 
 impl BackupLock {
     fn start(
         target: Target,
-        cluster: &str,
+        layout: Layout,
         record: LockRecord,
         generation: u64,
         stale_after: Duration,
@@ -375,14 +422,14 @@ impl BackupLock {
         });
         let renewal = tokio::spawn(renew(
             target.clone(),
-            cluster.to_string(),
+            layout.clone(),
             record.clone(),
             Arc::clone(&shared),
             stale_after / 3,
         ));
         Self {
             target,
-            cluster: cluster.to_string(),
+            layout,
             record,
             shared,
             renewal: Some(renewal),
@@ -399,18 +446,18 @@ impl BackupLock {
     pub async fn ensure_held(&self) -> anyhow::Result<()> {
         let lost = || {
             anyhow::anyhow!(
-                "the backup lock {}/{}/{LOCK_DIR} was taken over by another run (this run could not renew it in time); this run is abandoned without a commit",
+                "the backup lock {}/{} was taken over by another run (this run could not renew it in time); this run is abandoned without a commit",
                 self.target.url(),
-                self.cluster
+                self.layout.lock_dir()
             )
         };
         if self.shared.lost.load(Ordering::SeqCst) {
             return Err(lost());
         }
-        let known = generations(&self.target, &self.cluster).await?;
+        let known = generations(&self.target, &self.layout).await?;
         match known.last() {
             Some((generation, _)) if *generation > self.generation() => {
-                let key = generation_key(&self.cluster, *generation);
+                let key = self.layout.lock_generation(*generation);
                 match read_record(&self.target, &key).await? {
                     Ok(r) if r.token == self.record.token => Ok(()),
                     _ => Err(lost()),
@@ -433,9 +480,14 @@ impl BackupLock {
         let mut record = self.record.clone();
         record.state = LockState::Free;
         record.written_at = Utc::now();
-        let next = current + 1;
-        match create_generation(&self.target, &generation_key(&self.cluster, next), &record).await {
-            Ok(Created::Ours) => delete_below(&self.target, &self.cluster, next, &[current]).await,
+        let Some(next) = current.checked_add(1).filter(|n| *n < MAX_GENERATION) else {
+            tracing::warn!(
+                "the backup lock is at its last generation; other runs break it once it is stale"
+            );
+            return;
+        };
+        match create_generation(&self.target, &self.layout.lock_generation(next), &record).await {
+            Ok(Created::Ours) => delete_below(&self.target, &self.layout, next, &[current]).await,
             Ok(Created::Theirs) => {
                 tracing::warn!("the backup lock is no longer ours (taken over?); left alone")
             }
@@ -456,7 +508,7 @@ impl Drop for BackupLock {
 
 async fn renew(
     target: Target,
-    cluster: String,
+    layout: Layout,
     mut record: LockRecord,
     shared: Arc<Shared>,
     interval: Duration,
@@ -468,13 +520,20 @@ async fn renew(
         }
         let current = shared.generation.load(Ordering::SeqCst);
         record.written_at = Utc::now();
-        match create_generation(&target, &generation_key(&cluster, current + 1), &record).await {
+        let Some(next) = current.checked_add(1).filter(|n| *n < MAX_GENERATION) else {
+            tracing::error!(
+                "the backup lock is at its last generation and cannot be renewed; this run will not commit"
+            );
+            shared.lost.store(true, Ordering::SeqCst);
+            return;
+        };
+        match create_generation(&target, &layout.lock_generation(next), &record).await {
             Ok(Created::Ours) => {
-                shared.generation.store(current + 1, Ordering::SeqCst);
-                delete_below(&target, &cluster, current + 1, &[current]).await;
+                shared.generation.store(next, Ordering::SeqCst);
+                delete_below(&target, &layout, next, &[current]).await;
             }
             Ok(Created::Theirs) => {
-                tracing::error!(lock = %generation_key(&cluster, current + 1), "another run took the backup lock over; this run will not commit");
+                tracing::error!(lock = %layout.lock_generation(next), "another run took the backup lock over; this run will not commit");
                 shared.lost.store(true, Ordering::SeqCst);
                 return;
             }
@@ -485,17 +544,41 @@ async fn renew(
     }
 }
 
-/// This host's name, for lock and progress records.
-pub fn hostname() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testing::{Fault, FaultyStore, Op};
 
     const C: &str = "c";
+
+    fn layout() -> Layout {
+        Layout::new(C)
+    }
+
+    fn generation_key(_cluster: &str, generation: u64) -> String {
+        layout().lock_generation(generation)
+    }
+
+    async fn take(target: &Target, stale_after: Duration) -> anyhow::Result<BackupLock> {
+        acquire(target, &layout(), stale_after, &StoreClock::agreeing()).await
+    }
+
+    /// Who holds the lock, judged from a fresh listing.
+    async fn holder(
+        target: &Target,
+        _cluster: &str,
+        stale_after: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let listed = target.list(&layout().lock_dir()).await?;
+        holder_in(
+            target,
+            &layout(),
+            &listed,
+            stale_after,
+            &StoreClock::agreeing(),
+        )
+        .await
+    }
 
     fn forged(token: u64, host: &str, pid: u32) -> LockRecord {
         let me = ProcessIdentity::current();
@@ -531,15 +614,12 @@ mod tests {
     async fn take_release_take_leaves_one_free_generation() {
         let store = FaultyStore::new();
         let target = store.target("mem://t");
-        let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
-        let err = acquire(&target, C, Duration::from_secs(60))
-            .await
-            .err()
-            .unwrap();
+        let lock = take(&target, Duration::from_secs(60)).await.unwrap();
+        let err = take(&target, Duration::from_secs(60)).await.err().unwrap();
         assert!(refused(&err), "{err:#}");
         lock.release().await;
         assert_eq!(store.keys().await, [generation_key(C, 2)]);
-        let again = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+        let again = take(&target, Duration::from_secs(60)).await.unwrap();
         assert_eq!(again.generation(), 3);
         again.release().await;
         assert_eq!(store.keys().await, [generation_key(C, 4)]);
@@ -550,10 +630,7 @@ mod tests {
         let store = FaultyStore::new();
         let target = store.target("mem://t");
         put(&target, 7, &forged(1, "other-host", 1)).await;
-        let err = acquire(&target, C, Duration::from_secs(1))
-            .await
-            .err()
-            .unwrap();
+        let err = take(&target, Duration::from_secs(1)).await.err().unwrap();
         assert!(
             refused(&err) && format!("{err:#}").contains("other-host"),
             "{err:#}"
@@ -571,7 +648,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let lock = acquire(&target, C, Duration::from_secs(1)).await.unwrap();
+        let lock = take(&target, Duration::from_secs(1)).await.unwrap();
         assert_eq!(lock.generation(), 8);
         lock.release().await;
     }
@@ -586,9 +663,7 @@ mod tests {
         let mut record = forged(1, &hostname(), dead_pid);
         record.stale_after_secs = 3600;
         put(&target, 1, &record).await;
-        let lock = acquire(&target, C, Duration::from_secs(3600))
-            .await
-            .unwrap();
+        let lock = take(&target, Duration::from_secs(3600)).await.unwrap();
         assert_eq!(lock.generation(), 2);
         lock.release().await;
 
@@ -597,7 +672,7 @@ mod tests {
         record.pid_start = process_start(record.pid).unwrap();
         record.stale_after_secs = 3600;
         put(&target, 4, &record).await;
-        let err = acquire(&target, C, Duration::from_secs(3600))
+        let err = take(&target, Duration::from_secs(3600))
             .await
             .err()
             .unwrap();
@@ -609,7 +684,7 @@ mod tests {
         let store = FaultyStore::new();
         let target = store.target("mem://t");
         store.inject(Op::Put, 1, Fault::SucceedButFail);
-        let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+        let lock = take(&target, Duration::from_secs(60)).await.unwrap();
         assert_eq!(lock.generation(), 1);
         lock.ensure_held().await.unwrap();
         lock.release().await;
@@ -623,9 +698,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let stale = Duration::from_secs(1);
         let (a, b, c) = tokio::join!(
-            acquire(&target, C, stale),
-            acquire(&target, C, stale),
-            acquire(&target, C, stale)
+            take(&target, stale),
+            take(&target, stale),
+            take(&target, stale)
         );
         let results = [a, b, c];
         let winners = results.iter().filter(|r| r.is_ok()).count();
@@ -645,11 +720,11 @@ mod tests {
         let store = FaultyStore::new();
         let target = store.target("mem://t");
         let stale = Duration::from_millis(600);
-        let lock = acquire(&target, C, stale).await.unwrap();
+        let lock = take(&target, stale).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(lock.generation() >= 3, "renewed: {}", lock.generation());
         // Renewed: not stale for others even though it was taken long ago.
-        assert!(acquire(&target, C, stale).await.is_err());
+        assert!(take(&target, stale).await.is_err());
         lock.ensure_held().await.unwrap();
         // Another run writes a later generation (as after missed renewals).
         let later = lock.generation() + 5;
@@ -668,10 +743,48 @@ mod tests {
         }
         store.keep_deleted(true);
         for round in 0..3u64 {
-            let lock = acquire(&target, C, Duration::from_secs(60)).await.unwrap();
+            let lock = take(&target, Duration::from_secs(60)).await.unwrap();
             assert_eq!(lock.generation(), round * 2 + 1);
             lock.release().await;
         }
         assert_eq!(store.keys().await.len(), 6, "nothing could be deleted");
+    }
+
+    /// Records with extreme values are garbled (held until stale by their time, then
+    /// broken), huge generations are ignored: never a panic, never a wrap.
+    #[tokio::test]
+    async fn extreme_lock_records_are_bounded() {
+        let store = FaultyStore::new();
+        let target = store.target("mem://t");
+        let mut record = forged(1, "other-host", 1);
+        record.stale_after_secs = u64::MAX;
+        put(&target, 5, &record).await;
+        let err = take(&target, Duration::from_secs(1)).await.err().unwrap();
+        assert!(
+            refused(&err) && format!("{err:#}").contains("stale_after_secs"),
+            "{err:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let lock = take(&target, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(lock.generation(), 6);
+        lock.release().await;
+
+        // u64::MAX and the cap itself are not this lock's: ignored, the lock goes on.
+        put(&target, u64::MAX, &forged(2, "other-host", 1)).await;
+        put(&target, MAX_GENERATION, &forged(3, "other-host", 1)).await;
+        let lock = take(&target, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(lock.generation(), 8);
+        lock.ensure_held().await.unwrap();
+        lock.release().await;
+
+        // An oversized record is a garbled one, not a failure of every run.
+        let big = Bytes::from(vec![b' '; (crate::store::SMALL_OBJECT_CAP + 1) as usize]);
+        assert!(target.create(&generation_key(C, 20), big).await.unwrap());
+        let err = take(&target, Duration::from_secs(1)).await.err().unwrap();
+        assert!(refused(&err), "{err:#}");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let lock = take(&target, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(lock.generation(), 21);
+        lock.release().await;
     }
 }

@@ -1,37 +1,28 @@
-//! Object names and backup ids: the storage layout of the contract.
+//! Backup ids, cluster-backup.sh timestamps and host names: formats that the manifest, the
+//! sources and the repository share (none of them owns the others').
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-/// Encrypted, compressed etcd snapshot.
-pub const SNAPSHOT_OBJECT: &str = "snapshot.db.zst.age";
-/// Encrypted, compressed tar of the static Kubernetes resources.
-pub const STATIC_OBJECT: &str = "static_kuberesources.tar.zst.age";
-/// The commit point: a backup exists only when the snapshot target's manifest does.
-pub const MANIFEST_OBJECT: &str = "manifest.json";
-/// Claims an id while a backup is being written; removed after the commit.
-pub const IN_PROGRESS_OBJECT: &str = "in-progress.json";
-/// Drill records, `drill-<YYYYMMDDTHHMMSSZ>-<n>.json`, one per drill (create-only).
-pub const DRILL_PREFIX: &str = "drill-";
-
-/// The object name of a drill record made at `at`.
-pub fn drill_record_name(at: DateTime<Utc>, n: u32) -> String {
-    format!("{DRILL_PREFIX}{}-{n:04}.json", at.format(ID_FORMAT))
-}
-
-/// One per cluster: the backup lock's generations (`<cluster>/lock/<n>`), see [`super::lock`].
-pub const LOCK_DIR: &str = "lock";
-
+/// `YYYYMMDDTHHMMSSZ`: backup ids and drill record names.
 const ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// `cluster-backup.sh`'s timestamp format (`date +%F_%H%M%S`).
+const RESTORE_TS_FORMAT: &str = "%Y-%m-%d_%H%M%S";
 
 /// Backup id for a start time; `attempt` > 0 adds a suffix for a second backup in the same second.
 pub fn backup_id(started_at: DateTime<Utc>, attempt: u32) -> String {
-    let base = started_at.format(ID_FORMAT).to_string();
+    let base = compact_time(started_at);
     if attempt == 0 {
         base
     } else {
         // Two digits keep string order equal to time order.
         format!("{base}-{attempt:02}")
     }
+}
+
+/// `at` as `YYYYMMDDTHHMMSSZ`, the time part of ids and drill record names.
+pub fn compact_time(at: DateTime<Utc>) -> String {
+    at.format(ID_FORMAT).to_string()
 }
 
 /// The start time encoded in an id, or None when the name is not a backup id.
@@ -50,12 +41,10 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// `cluster-backup.sh`'s timestamp format (`date +%F_%H%M%S`), used in restored file names.
+/// `cluster-backup.sh`'s timestamp of a start time, used in restored file names.
 pub fn restore_timestamp(started_at: DateTime<Utc>) -> String {
     started_at.format(RESTORE_TS_FORMAT).to_string()
 }
-
-const RESTORE_TS_FORMAT: &str = "%Y-%m-%d_%H%M%S";
 
 /// The time in a `cluster-backup.sh` timestamp (`2026-11-23_104649`), or None when `ts` is
 /// not exactly of that shape (so it is safe in a file name).
@@ -69,6 +58,11 @@ pub fn parse_restore_timestamp(ts: &str) -> Option<NaiveDateTime> {
     shaped
         .then(|| NaiveDateTime::parse_from_str(ts, RESTORE_TS_FORMAT).ok())
         .flatten()
+}
+
+/// This host's name, for manifests, drill records and lock records.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

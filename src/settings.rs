@@ -1,0 +1,216 @@
+//! The command line and the config, resolved once into what each command runs on
+//! (ripgrep's `HiArgs` is the model): flags are checked for meaning here (bounded
+//! durations, identity files), so commands never see clap's types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::{self, Config, Purpose};
+use crate::duration::bounded_flag;
+use crate::error::ConfigError;
+use crate::pipeline::Identities;
+use crate::repo::Selection;
+use crate::retention::RetentionPolicy;
+
+/// Everything a run of the program needs, resolved.
+pub struct Settings {
+    pub config_path: PathBuf,
+    pub config: Config,
+    /// `--metrics-textfile`: where the metrics go after the command.
+    pub metrics_textfile: Option<PathBuf>,
+    pub command: CommandSettings,
+}
+
+/// One command and its resolved settings.
+pub enum CommandSettings {
+    Backup(BackupSettings),
+    List(ListSettings),
+    Verify(VerifySettings),
+    Restore(RestoreSettings),
+    Prune(PruneSettings),
+    /// Boxed: a schedule's crons are large.
+    Run(Box<RunSettings>),
+    Status(StatusSettings),
+    Drill(DrillSettings),
+    ConfigCheck {
+        connect: bool,
+    },
+}
+
+impl CommandSettings {
+    /// The command's name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Backup(_) => "backup",
+            Self::List(_) => "list",
+            Self::Verify(_) => "verify",
+            Self::Restore(_) => "restore",
+            Self::Prune(_) => "prune",
+            Self::Run(_) => "run",
+            Self::Status(_) => "status",
+            Self::Drill(_) => "drill",
+            Self::ConfigCheck { .. } => "config",
+        }
+    }
+
+    /// Backups run next to etcd at the configured priority; recovery work at full speed.
+    pub fn takes_backups(&self) -> bool {
+        matches!(self, Self::Backup(_) | Self::Run(_))
+    }
+}
+
+pub struct BackupSettings {
+    pub json: bool,
+    /// Prune afterwards (a retention policy is configured and `--no-prune` is not given).
+    pub prune: Option<RetentionPolicy>,
+    pub force: bool,
+    pub skip_if_newer_than: Option<Duration>,
+}
+
+pub struct ListSettings {
+    pub json: bool,
+}
+
+/// Which backups `verify` checks.
+pub enum VerifyScope {
+    One(Selection),
+    All,
+}
+
+pub struct VerifySettings {
+    pub scope: VerifyScope,
+    pub identities: Identities,
+    pub json: bool,
+}
+
+pub struct RestoreSettings {
+    pub selection: Selection,
+    pub to: PathBuf,
+    pub identities: Identities,
+    pub expect_version: Option<String>,
+    pub force: bool,
+    pub snapshot_only: bool,
+}
+
+pub struct PruneSettings {
+    pub policy: RetentionPolicy,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+pub struct RunSettings {
+    pub schedule: config::Schedule,
+    pub metrics_listen: String,
+}
+
+pub struct StatusSettings {
+    pub json: bool,
+    pub max_age: Option<Duration>,
+    pub max_drill_age: Option<Duration>,
+}
+
+pub struct DrillSettings {
+    pub selection: Selection,
+    pub identities: Identities,
+    pub json: bool,
+    pub scratch_dir: PathBuf,
+    /// The etcd release to drill with instead of the one on PATH.
+    pub etcd_bin_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads the config for what the command does and resolves its flags.
+    pub fn resolve(cli: Cli) -> anyhow::Result<Self> {
+        let purpose = match cli.command {
+            Command::Backup(_) | Command::Run(_) | Command::Config(_) => Purpose::TakeBackups,
+            Command::List(_)
+            | Command::Verify(_)
+            | Command::Restore(_)
+            | Command::Prune(_)
+            | Command::Status(_)
+            | Command::Drill(_) => Purpose::ReadBackups,
+        };
+        let config = config::load(&cli.config, purpose)?;
+        let command = match cli.command {
+            Command::Backup(args) => CommandSettings::Backup(BackupSettings {
+                json: args.json,
+                prune: config.retention.clone().filter(|_| !args.no_prune),
+                force: args.force,
+                skip_if_newer_than: args
+                    .skip_if_newer_than
+                    .map(|d| bounded_flag("--skip-if-newer-than", d))
+                    .transpose()?,
+            }),
+            Command::List(args) => CommandSettings::List(ListSettings { json: args.json }),
+            Command::Verify(args) => CommandSettings::Verify(VerifySettings {
+                scope: if args.all {
+                    VerifyScope::All
+                } else {
+                    VerifyScope::One(selection(args.id))
+                },
+                identities: Identities::load(&args.identities)?,
+                json: args.json,
+            }),
+            Command::Restore(args) => CommandSettings::Restore(RestoreSettings {
+                selection: selection(args.selection.id),
+                to: args.to,
+                identities: Identities::load(&args.identities)?,
+                expect_version: args.expect_version,
+                force: args.force,
+                snapshot_only: args.snapshot_only,
+            }),
+            Command::Prune(args) => CommandSettings::Prune(PruneSettings {
+                policy: config.retention.clone().ok_or_else(|| {
+                    ConfigError::new(
+                        "retention",
+                        "missing: prune needs a retention policy, e.g. `retention: { keep_daily: 7 }`",
+                    )
+                })?,
+                dry_run: args.dry_run,
+                json: args.json,
+            }),
+            Command::Run(args) => CommandSettings::Run(Box::new(RunSettings {
+                schedule: config.schedule.clone().ok_or_else(|| {
+                    ConfigError::new(
+                        "schedule",
+                        "missing: `run` needs `schedule.cron`, e.g. \"0 3 * * *\"",
+                    )
+                })?,
+                metrics_listen: args.metrics_listen,
+            })),
+            Command::Status(args) => CommandSettings::Status(StatusSettings {
+                json: args.json,
+                max_age: args
+                    .max_age
+                    .map(|d| bounded_flag("--max-age", d))
+                    .transpose()?,
+                max_drill_age: args
+                    .max_drill_age
+                    .map(|d| bounded_flag("--max-drill-age", d))
+                    .transpose()?,
+            }),
+            Command::Drill(args) => CommandSettings::Drill(DrillSettings {
+                selection: selection(args.selection.id),
+                identities: Identities::load(&args.identities)?,
+                json: args.json,
+                scratch_dir: args.scratch_dir,
+                etcd_bin_dir: args.etcd_bin_dir,
+            }),
+            Command::Config(ConfigCommand::Check { connect }) => {
+                CommandSettings::ConfigCheck { connect }
+            }
+        };
+        Ok(Self {
+            config_path: cli.config,
+            config,
+            metrics_textfile: cli.metrics_textfile,
+            command,
+        })
+    }
+}
+
+/// An id, or the newest trusted backup (`--latest`, the default).
+fn selection(id: Option<String>) -> Selection {
+    id.map_or(Selection::Latest, Selection::Id)
+}
