@@ -280,29 +280,35 @@ mod hex_digest {
     }
 }
 
+/// An artifact record of `size` bytes at `key`, for tests.
+#[cfg(test)]
+pub(crate) fn sample_artifact(key: &str, size: u64) -> Artifact {
+    let digest = Digest {
+        size,
+        sha256: [0; 32],
+    };
+    Artifact {
+        target: "file:///t".into(),
+        key: key.into(),
+        plaintext: digest,
+        stored: digest,
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: 3,
+        },
+        encryption: EncryptionInfo {
+            algorithm: "age".into(),
+            recipients: vec![],
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn manifest() -> Manifest {
-        let digest = Digest {
-            size: 10,
-            sha256: [0; 32],
-        };
-        let artifact = |key: &str| Artifact {
-            target: "file:///t".into(),
-            key: key.into(),
-            plaintext: digest,
-            stored: digest,
-            compression: CompressionInfo {
-                algorithm: "zstd".into(),
-                level: 3,
-            },
-            encryption: EncryptionInfo {
-                algorithm: "age".into(),
-                recipients: vec![],
-            },
-        };
+        let artifact = |key: &str| sample_artifact(key, 10);
         Manifest {
             format_version: FORMAT_VERSION,
             id: "20261123T104649Z".into(),

@@ -673,17 +673,6 @@ fn no_planted_secret_in_any_output_and_no_plaintext_in_any_stored_object() {
 // ------------------------------------------------------------------ signed manifests
 
 /// `ssh-keygen -t ed25519` in `dir`: (private key file, public key line).
-fn ssh_keypair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
-    let path = dir.join(name);
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-            .arg(&path),
-    );
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public.trim().to_string())
-}
-
 fn backup_id(fx: &Fixture, config: &Path) -> String {
     let out = run_ok(fx.cmd(config).args(["backup", "--no-prune"]));
     stdout_str(&out).lines().last().unwrap().to_string()

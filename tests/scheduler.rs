@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::fixture::Fixture;
@@ -14,30 +14,8 @@ fn list_ids(fx: &Fixture, config: &std::path::Path) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
 }
 
-struct Scheduler(Child);
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(fx: &Fixture, config: &std::path::Path, metrics_port: u16) -> Scheduler {
-    let child = fx
-        .cmd(config)
-        .args([
-            "run",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(fx.path("run.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    Scheduler(child)
+    Scheduler::start(fx.cmd(config), metrics_port, &fx.path("run.log"))
 }
 
 #[test]

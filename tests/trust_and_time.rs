@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::fixture::{Fixture, s3_target};
@@ -19,17 +19,6 @@ use common::*;
 use serde_json::Value;
 
 const CLUSTER: &str = "test";
-
-fn ssh_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-            .arg(&path),
-    );
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public.trim().to_string())
-}
 
 /// A signing key and the allowed_signers that lists it, as `signing:` YAML.
 fn signing(fx: &Fixture) -> String {
@@ -41,6 +30,15 @@ fn signing(fx: &Fixture) -> String {
         key.display(),
         allowed.display()
     )
+}
+
+/// `restore --latest --to DIR` with both identities.
+fn restore_latest(fx: &Fixture, config: &Path, to: &Path) -> Output {
+    run(fx
+        .cmd(config)
+        .args(["restore", "--latest", "--to"])
+        .arg(to)
+        .args(fx.identity_args()))
 }
 
 fn backup(fx: &Fixture, config: &Path) -> String {
@@ -205,12 +203,8 @@ fn planted_unsigned_backups_are_reported_never_deleted_and_never_restored() {
         );
 
         let to = fx.path(&format!("restore-{n}"));
-        let out = run_ok(
-            fx.cmd(&config)
-                .args(["restore", "--latest", "--to"])
-                .arg(&to)
-                .args(fx.identity_args()),
-        );
+        let out = restore_latest(&fx, &config, &to);
+        assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
         assert!(
             stderr_str(&out).contains("skipping an untrusted backup"),
             "{}",
@@ -273,11 +267,7 @@ fn a_future_dated_backup_counts_for_nothing() {
     assert_eq!(listed[0]["standing"], "future_dated");
     assert!(stdout_str(&run_ok(fx.cmd(&config).arg("list"))).contains("FUTURE-DATED"));
     // --latest has nothing to restore.
-    let out = run(fx
-        .cmd(&config)
-        .args(["restore", "--latest", "--to"])
-        .arg(fx.path("restore-none"))
-        .args(fx.identity_args()));
+    let out = restore_latest(&fx, &config, &fx.path("restore-none"));
     assert_eq!(exit_code(&out), 2, "{}", describe_output(&out));
     // The skip check does not see it: a backup is taken.
     let out = run_ok(
@@ -287,12 +277,8 @@ fn a_future_dated_backup_counts_for_nothing() {
     let real = last_line(&out);
     run_ok(fx.cmd(&config).args(["status", "--max-age", "26h"]));
     let to = fx.path("restore-latest");
-    run_ok(
-        fx.cmd(&config)
-            .args(["restore", "--latest", "--to"])
-            .arg(&to)
-            .args(fx.identity_args()),
-    );
+    let out = restore_latest(&fx, &config, &to);
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
     assert!(
         std::fs::read_dir(&to).unwrap().all(|e| !e
             .unwrap()
@@ -328,7 +314,7 @@ fn a_future_dated_backup_counts_for_nothing() {
         "schedule: { cron: \"0 3 1 1 *\", upgrade_check: 1s }\n",
     );
     let port = free_port();
-    let mut scheduler = Scheduler::start(&fx, &run_config, port);
+    let mut scheduler = start_run(&fx, &run_config, port);
     std::thread::sleep(Duration::from_secs(6));
     let complete = list_json(&fx, &run_config)
         .iter()
@@ -356,7 +342,7 @@ fn a_future_dated_backup_counts_for_nothing() {
         "schedule: { cron: \"*/2 * * * * *\" }\n",
     );
     let before = complete;
-    let mut scheduler = Scheduler::start(&fx, &slots, free_port());
+    let mut scheduler = start_run(&fx, &slots, free_port());
     let took = wait_until(Duration::from_secs(30), || {
         list_json(&fx, &slots)
             .iter()
@@ -372,38 +358,15 @@ fn a_future_dated_backup_counts_for_nothing() {
     scheduler.stop();
 }
 
-struct Scheduler(Child);
-
-impl Scheduler {
-    fn start(fx: &Fixture, config: &Path, port: u16) -> Scheduler {
-        let child = fx
-            .cmd(config)
-            .args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(fx.path("run.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_until(Duration::from_secs(20), || port_open(port)),
-            "run did not start:\n{}",
-            tail(&fx.path("run.log"), 30)
-        );
-        Scheduler(child)
-    }
-
-    fn stop(&mut self) {
-        run_ok(Command::new("kill").args(["-TERM", &self.0.id().to_string()]));
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `run` with `config`, once its metrics endpoint answers.
+fn start_run(fx: &Fixture, config: &Path, port: u16) -> Scheduler {
+    let scheduler = Scheduler::start(fx.cmd(config), port, &fx.path("run.log"));
+    assert!(
+        wait_until(Duration::from_secs(20), || port_open(port)),
+        "run did not start:\n{}",
+        tail(&fx.path("run.log"), 30)
+    );
+    scheduler
 }
 
 // ------------------------------------------------------------------ skewed clocks
@@ -525,13 +488,8 @@ fn oversized_and_symlinked_signatures_are_passed_over() {
             let _ = std::fs::remove_file(&sig);
             std::os::unix::fs::symlink(&real, &sig).unwrap();
         }
-        let to = fx.path(&format!("restore-{what}"));
-        let out = run_ok(
-            fx.cmd(&config)
-                .args(["restore", "--latest", "--to"])
-                .arg(&to)
-                .args(fx.identity_args()),
-        );
+        let out = restore_latest(&fx, &config, &fx.path(&format!("restore-{what}")));
+        assert_eq!(exit_code(&out), 0, "{what}: {}", describe_output(&out));
         assert!(
             stderr_str(&out).contains(&newest) && stderr_str(&out).contains("untrusted"),
             "{what}: {}",

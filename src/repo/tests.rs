@@ -7,9 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::*;
-use crate::manifest::{
-    Artifacts, CompressionInfo, Digest, EncryptionInfo, FORMAT_VERSION, SourceInfo,
-};
+use crate::manifest::{Artifacts, FORMAT_VERSION, SourceInfo, sample_artifact};
 use crate::retention::RetentionPolicy;
 use crate::store::testing::FaultyStore;
 
@@ -62,10 +60,6 @@ fn at(text: &str) -> DateTime<Utc> {
 fn manifest(started_at: DateTime<Utc>, size: u64) -> Manifest {
     let id = crate::ids::backup_id(started_at, 0);
     let layout = Layout::new(C);
-    let digest = Digest {
-        size,
-        sha256: [0; 32],
-    };
     Manifest {
         format_version: FORMAT_VERSION,
         id: id.clone(),
@@ -90,20 +84,7 @@ fn manifest(started_at: DateTime<Utc>, size: u64) -> Manifest {
         labels: Default::default(),
         content: None,
         artifacts: Artifacts {
-            snapshot: Artifact {
-                target: "mem://t".into(),
-                key: layout.artifact(&id, ArtifactKind::Snapshot),
-                plaintext: digest,
-                stored: digest,
-                compression: CompressionInfo {
-                    algorithm: "zstd".into(),
-                    level: 3,
-                },
-                encryption: EncryptionInfo {
-                    algorithm: "age".into(),
-                    recipients: Vec::new(),
-                },
-            },
+            snapshot: sample_artifact(&layout.artifact(&id, ArtifactKind::Snapshot), size),
             static_resources: None,
         },
     }

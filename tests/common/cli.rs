@@ -28,6 +28,19 @@ pub fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, recipient)
 }
 
+/// `ssh-keygen -t ed25519 -f DIR/NAME` (no passphrase); returns (private key file, public
+/// key line), for signing.
+pub fn ssh_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path),
+    );
+    let public = fs::read_to_string(path.with_extension("pub")).expect("read the public key");
+    (path, public.trim().to_string())
+}
+
 /// Decrypts and decompresses with the stock CLIs: `age -d -i ID INPUT | zstd -d -o OUTPUT`.
 /// Err carries both programs' exit codes and stderr.
 pub fn age_zstd_decrypt(identity: &Path, input: &Path, output: &Path) -> Result<(), String> {

@@ -458,3 +458,35 @@ pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let what = describe_cmd(cmd);
     wait_within(spawn(cmd), limit, &what)
 }
+
+/// `etcd-offsite run` as a child process, killed on drop.
+pub struct Scheduler(pub Child);
+
+impl Scheduler {
+    /// Starts `run` from `tool` (the binary with its config) with metrics on loopback
+    /// `port` and stderr into `log`.
+    pub fn start(mut tool: Command, port: u16, log: &Path) -> Scheduler {
+        let child = tool
+            .args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(log).expect("create the run log"),
+            ))
+            .spawn()
+            .expect("spawn etcd-offsite run");
+        Scheduler(child)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        run_ok(Command::new("kill").args(["-TERM", &self.0.id().to_string()]));
+        self.0.wait().expect("wait for run")
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
