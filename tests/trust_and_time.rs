@@ -86,6 +86,18 @@ impl Store<'_> {
         }
     }
 
+    /// Removes every object of backup `id`.
+    fn remove(&self, id: &str) {
+        match self {
+            Store::Dir(dir) => std::fs::remove_dir_all(dir.join(CLUSTER).join(id)).unwrap(),
+            Store::S3 { moto, bucket } => {
+                for key in moto.list_keys(bucket, &format!("etcd/{CLUSTER}/{id}/")) {
+                    moto.delete_object(bucket, &key);
+                }
+            }
+        }
+    }
+
     fn has_manifest(&self, id: &str) -> bool {
         self.get(id, "manifest.json").is_some()
     }
@@ -243,67 +255,27 @@ fn a_future_dated_backup_counts_for_nothing() {
     settle_operators(&etcd);
     set_cluster_version(&etcd, &[("Completed", "4.14.7", 24 * 300)]);
     etcd.load(20, 100);
+    let moto = Moto::start();
+    moto.create_bucket("future");
     let fx = Fixture::new();
-    let (dir, config) = fx.dir_config(
+    let (dir, url) = fx.file_url("backups");
+    future_dated_on(
+        &fx,
         &etcd,
-        "retention: { keep_last: 1, min_keep: 2, max_count: 2 }\n",
+        &Store::Dir(dir.clone()),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "dir",
     );
-    let store = Store::Dir(dir.clone());
-    let first = backup(&fx, &config);
-    let future = "20990101T000000Z";
-    store.plant(&first, future, "2099-01-01T00:00:00Z", Some("4.14.3"));
-    std::fs::remove_dir_all(dir.join(CLUSTER).join(&first)).unwrap();
-
-    // Only the future-dated one: status is stale and says why; list flags it.
-    let out = run_code(fx.cmd(&config).args(["status", "--max-age", "26h"]), 5);
-    assert!(
-        stderr_str(&out).contains(future) && stderr_str(&out).contains("in the future"),
-        "{}",
-        describe_output(&out)
+    future_dated_on(
+        &fx,
+        &etcd,
+        &Store::S3 {
+            moto: &moto,
+            bucket: "future".into(),
+        },
+        &format!("  snapshot: {}\n", s3_target(&moto, "future", "etcd")),
+        "s3",
     );
-    let listed = list_json(&fx, &config);
-    assert_eq!(listed[0]["id"], future);
-    assert_eq!(listed[0]["future_dated"], true);
-    assert_eq!(listed[0]["standing"], "future_dated");
-    assert!(stdout_str(&run_ok(fx.cmd(&config).arg("list"))).contains("FUTURE-DATED"));
-    // --latest has nothing to restore.
-    let out = restore_latest(&fx, &config, &fx.path("restore-none"));
-    assert_eq!(exit_code(&out), 2, "{}", describe_output(&out));
-    // The skip check does not see it: a backup is taken.
-    let out = run_ok(
-        fx.cmd(&config)
-            .args(["backup", "--skip-if-newer-than", "30m", "--no-prune"]),
-    );
-    let real = last_line(&out);
-    run_ok(fx.cmd(&config).args(["status", "--max-age", "26h"]));
-    let to = fx.path("restore-latest");
-    let out = restore_latest(&fx, &config, &to);
-    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
-    assert!(
-        std::fs::read_dir(&to).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .contains("2099")),
-        "the future-dated backup was restored"
-    );
-    // min_keep 2 and max_count 2 count only real backups: two of them stay, and it too.
-    let second = backup(&fx, &config);
-    let third = backup(&fx, &config);
-    let report = prune_json(&run_ok(fx.cmd(&config).args(["prune", "--json"])));
-    assert_eq!(
-        decision(&report, future)["verdict"]["keep"],
-        serde_json::json!(["future_timestamp"])
-    );
-    let kept: Vec<&str> = report["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["action"] == "kept")
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(kept, [future, third.as_str(), second.as_str()]);
-    assert!(!store.has_manifest(&real));
 
     // The scheduler: an upgrade check compares with the newest real backup (4.14.7), not
     // the planted 4.14.3, so it takes no backup in a loop; the metrics report the real one.
@@ -356,6 +328,74 @@ fn a_future_dated_backup_counts_for_nothing() {
         tail(&fx.path("run.log"), 30)
     );
     scheduler.stop();
+}
+
+/// The future-dated checks on one store: only a 2099 backup (planted from a real one,
+/// whose objects then go) makes `status` stale, `--latest` find nothing and the skip check
+/// take a backup; `min_keep` and `max_count` count only the real ones.
+fn future_dated_on(fx: &Fixture, etcd: &EtcdServer, store: &Store, targets: &str, name: &str) {
+    let config = fx.write_config(
+        &format!("future-{name}.yaml"),
+        &fx.etcd_source_for(etcd),
+        targets,
+        "retention: { keep_last: 1, min_keep: 2, max_count: 2 }\n",
+    );
+    let first = backup(fx, &config);
+    let future = "20990101T000000Z";
+    store.plant(&first, future, "2099-01-01T00:00:00Z", Some("4.14.3"));
+    store.remove(&first);
+
+    // Only the future-dated one: status is stale and says why; list flags it.
+    let out = run_code(fx.cmd(&config).args(["status", "--max-age", "26h"]), 5);
+    assert!(
+        stderr_str(&out).contains(future) && stderr_str(&out).contains("in the future"),
+        "{name}: {}",
+        describe_output(&out)
+    );
+    let listed = list_json(fx, &config);
+    assert_eq!(listed[0]["id"], future);
+    assert_eq!(listed[0]["future_dated"], true);
+    assert_eq!(listed[0]["standing"], "future_dated");
+    assert!(stdout_str(&run_ok(fx.cmd(&config).arg("list"))).contains("FUTURE-DATED"));
+    // --latest has nothing to restore.
+    let out = restore_latest(fx, &config, &fx.path(&format!("restore-none-{name}")));
+    assert_eq!(exit_code(&out), 2, "{name}: {}", describe_output(&out));
+    // The skip check does not see it: a backup is taken.
+    let out = run_ok(
+        fx.cmd(&config)
+            .args(["backup", "--skip-if-newer-than", "30m", "--no-prune"]),
+    );
+    let real = last_line(&out);
+    run_ok(fx.cmd(&config).args(["status", "--max-age", "26h"]));
+    let to = fx.path(&format!("restore-latest-{name}"));
+    let out = restore_latest(fx, &config, &to);
+    assert_eq!(exit_code(&out), 0, "{name}: {}", describe_output(&out));
+    assert!(
+        std::fs::read_dir(&to).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("2099")),
+        "{name}: the future-dated backup was restored"
+    );
+    // min_keep 2 and max_count 2 count only real backups: two of them stay, and it too.
+    let second = backup(fx, &config);
+    let third = backup(fx, &config);
+    let report = prune_json(&run_ok(fx.cmd(&config).args(["prune", "--json"])));
+    assert_eq!(
+        decision(&report, future)["verdict"]["keep"],
+        serde_json::json!(["future_timestamp"])
+    );
+    let kept: Vec<&str> = report["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "kept")
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [future, third.as_str(), second.as_str()], "{name}");
+    assert!(!store.has_manifest(&real), "{name}");
+    assert!(store.has_manifest(future), "{name}");
 }
 
 /// `run` with `config`, once its metrics endpoint answers.
@@ -459,6 +499,59 @@ fn a_host_with_a_skewed_clock_is_refused_and_a_running_backup_commits_whole() {
     }
 }
 
+/// The keys archive of a running backup vanishes (what a prune from a skewed host used to
+/// do): the backup checks both artifacts right before its manifest and does not commit.
+#[test]
+fn a_backup_whose_keys_archive_vanished_is_not_committed() {
+    let etcd = EtcdServer::start(false);
+    etcd.load(6_000, 1000);
+    let fx = Fixture::new();
+    let (dir, url) = fx.file_url("backups");
+    let slow = fx.write_config(
+        "slow.yaml",
+        &fx.etcd_source_for(&etcd).replacen(
+            "    timeout: 5s\n",
+            "    timeout: 5s\n    read_rate_limit: 1MiB\n",
+            1,
+        ),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        "",
+    );
+    let child = fx
+        .cmd(&slow)
+        .args(["backup", "--no-prune"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The keys archive is written first; then the snapshot streams for seconds.
+    let found = wait_until(Duration::from_secs(30), || {
+        relative_files(&dir)
+            .iter()
+            .any(|f| f.ends_with("snapshot.db.zst.age") || f.contains("snapshot.db.zst.age#"))
+    });
+    assert!(
+        found,
+        "the snapshot did not start streaming: {:?}",
+        relative_files(&dir)
+    );
+    let keys: Vec<String> = relative_files(&dir)
+        .into_iter()
+        .filter(|f| f.ends_with("static_kuberesources.tar.zst.age"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    std::fs::remove_file(dir.join(&keys[0])).unwrap();
+    let out = wait_within(child, Duration::from_secs(120), "the backup");
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains("is not committed") && stderr_str(&out).contains("is gone"),
+        "{}",
+        describe_output(&out)
+    );
+    assert!(manifests_below(&dir).is_empty(), "nothing was committed");
+    assert!(complete_ids(&list_json(&fx, &slow)).is_empty());
+}
+
 // ------------------------------------------------------------------ hostile signatures
 
 /// With signing: the newest backup's `manifest.json.sig` is larger than 1 MiB, then a
@@ -469,7 +562,8 @@ fn oversized_and_symlinked_signatures_are_passed_over() {
     let etcd = EtcdServer::start(false);
     etcd.load(20, 100);
     let fx = Fixture::new();
-    let (dir, config) = fx.dir_config(&etcd, &signing(&fx));
+    let signing_yaml = signing(&fx);
+    let (dir, config) = fx.dir_config(&etcd, &signing_yaml);
     let older = backup(&fx, &config);
     let newest = backup(&fx, &config);
     let sig = dir.join(CLUSTER).join(&newest).join("manifest.json.sig");
@@ -523,6 +617,38 @@ fn oversized_and_symlinked_signatures_are_passed_over() {
         assert_eq!(entry["trusted"], false, "{what}: {entry:#}");
         let _ = std::fs::remove_file(&sig);
     }
+
+    // On S3 (moto) an oversized signature is passed over the same way.
+    let moto = Moto::start();
+    moto.create_bucket("sigs");
+    let s3 = fx.write_config(
+        "s3.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {}\n", s3_target(&moto, "sigs", "etcd")),
+        &signing_yaml,
+    );
+    let store = Store::S3 {
+        moto: &moto,
+        bucket: "sigs".into(),
+    };
+    let older = backup(&fx, &s3);
+    let newest = backup(&fx, &s3);
+    store.put(&newest, "manifest.json.sig", &vec![b'-'; 1024 * 1024 + 10]);
+    let out = restore_latest(&fx, &s3, &fx.path("restore-s3"));
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains(&newest),
+        "{}",
+        describe_output(&out)
+    );
+    let out = run_code(fx.cmd(&s3).args(["verify", "--all", "--json"]), 3);
+    let report: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.len(), 2);
+    assert!(
+        report
+            .iter()
+            .any(|r| r["id"] == older.as_str() && r["ok"] == true)
+    );
 }
 
 // ------------------------------------------------------------------ drill records
