@@ -5,6 +5,7 @@
 #
 #   apt : etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev
 #         curl openssl build-essential time openssh-client mount faketime
+#         prometheus (promtool) prometheus-node-exporter (the monitoring tests)
 #         (+ nodejs npm only if npm itself is missing)
 #   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
 #         Prometheus' own text parser)
@@ -31,7 +32,10 @@ export DEBIAN_FRONTEND=noninteractive
 # mount (util-linux): the fault suite mounts a small tmpfs for its full-disk case.
 # faketime (libfaketime): the trust tests run etcd-offsite with its clock moved (a skewed
 # host), while the store's clock (moto's, the kernel's file times) stays right.
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime)
+# prometheus brings promtool (check metrics, test rules); prometheus-node-exporter scrapes
+# the metrics textfiles in tests/monitoring.rs. Neither service is started by the package
+# here (no init system); the tests start node_exporter on loopback themselves.
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime prometheus prometheus-node-exporter)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -62,7 +66,7 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime promtool prometheus-node-exporter; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
 

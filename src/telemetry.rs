@@ -1,15 +1,10 @@
 //! Logs on stderr (text or JSON); stdout is reserved for command output. Metrics: one
-//! registry, served by `run` on `/metrics` or written after any command as a textfile for
-//! node_exporter's textfile collector.
+//! set, served by `run` on `/metrics` or written after any command as a textfile for
+//! node_exporter's textfile collector, both in the Prometheus text format 0.0.4.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -56,169 +51,173 @@ pub fn progress(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: String,
-}
+/// Results a backup attempt is counted under; all are exported from the first count on,
+/// so `increase()` sees a failure's first occurrence.
+const BACKUP_RESULTS: [&str; 3] = ["success", "failure", "skipped"];
+/// Results a drill is counted under.
+const DRILL_RESULTS: [&str; 2] = ["success", "failure"];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommandLabel {
-    command: String,
-}
-
-type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// The metrics of etcd-offsite, named `etcd_offsite_*`.
+/// The metrics of etcd-offsite, named `etcd_offsite_*`, rendered in the Prometheus text
+/// format 0.0.4 (what node_exporter's textfile collector and every Prometheus parse).
+/// Every sample carries `cluster`; the figures read from the target also carry the
+/// `command` that read them, so two textfiles on one host (a backup's and a drill's)
+/// never export the same series, which node_exporter would drop.
 pub struct Metrics {
-    registry: Registry,
-    backups: Family<ResultLabel, Counter>,
-    drills: Family<ResultLabel, Counter>,
-    /// When the newest complete backup in the target finished.
-    pub last_success: FloatGauge,
-    /// When the newest successful drill in the target ran.
-    pub last_drill_success: FloatGauge,
-    pub last_duration: FloatGauge,
-    pub last_stored_bytes: Gauge,
-    backups_complete: Gauge,
-    stored_bytes: Gauge,
-    last_run: Family<CommandLabel, FloatGauge>,
-    last_run_success: Family<CommandLabel, Gauge>,
+    cluster: String,
+    state: std::sync::Mutex<State>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+#[derive(Default)]
+struct State {
+    /// Counts by result; absent until this process counted one.
+    backups: Option<BTreeMap<&'static str, u64>>,
+    drills: Option<BTreeMap<&'static str, u64>>,
+    /// The last run of each command.
+    runs: BTreeMap<String, Run>,
+    /// What the target held when last read, and which command read it.
+    figures: Option<(String, StoreFigures)>,
+}
+
+struct Run {
+    at: DateTime<Utc>,
+    success: bool,
+    duration: std::time::Duration,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("etcd_offsite");
-        let metrics = Self {
-            backups: Family::default(),
-            drills: Family::default(),
-            last_success: FloatGauge::default(),
-            last_drill_success: FloatGauge::default(),
-            last_duration: FloatGauge::default(),
-            last_stored_bytes: Gauge::default(),
-            backups_complete: Gauge::default(),
-            stored_bytes: Gauge::default(),
-            last_run: Family::default(),
-            last_run_success: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "backups",
-            "Backups attempted, by result (success, failure, skipped)",
-            metrics.backups.clone(),
-        );
-        registry.register(
-            "drills",
-            "Restore drills run, by result (success, failure)",
-            metrics.drills.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time the newest complete backup in the target finished",
-            metrics.last_success.clone(),
-        );
-        registry.register(
-            "last_drill_success_timestamp_seconds",
-            "Unix time of the newest successful restore drill in the target",
-            metrics.last_drill_success.clone(),
-        );
-        registry.register(
-            "last_duration_seconds",
-            "Duration of the last backup attempt",
-            metrics.last_duration.clone(),
-        );
-        registry.register(
-            "last_stored_bytes",
-            "Bytes stored by the newest complete backup",
-            metrics.last_stored_bytes.clone(),
-        );
-        registry.register(
-            "backups_complete",
-            "Complete backups in the target",
-            metrics.backups_complete.clone(),
-        );
-        registry.register(
-            "stored_bytes",
-            "Bytes stored by all complete backups",
-            metrics.stored_bytes.clone(),
-        );
-        registry.register(
-            "last_run_timestamp_seconds",
-            "Unix time a command last ran, by command",
-            metrics.last_run.clone(),
-        );
-        registry.register(
-            "last_run_success",
-            "1 when the command's last run succeeded (or was skipped by a guard), else 0",
-            metrics.last_run_success.clone(),
-        );
+    pub fn new(cluster: &str) -> Self {
         Self {
-            registry,
-            ..metrics
+            cluster: cluster.to_string(),
+            state: std::sync::Mutex::new(State::default()),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain numbers: still readable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts a backup attempt: `success`, `failure` or `skipped`.
-    pub fn count_backup(&self, result: &str) {
-        self.backups
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+    pub fn count_backup(&self, result: &'static str) {
+        count(&mut self.state().backups, &BACKUP_RESULTS, result);
     }
 
     /// Counts a drill: `success` or `failure`.
-    pub fn count_drill(&self, result: &str) {
-        self.drills
-            .get_or_create(&ResultLabel {
-                result: result.to_string(),
-            })
-            .inc();
+    pub fn count_drill(&self, result: &'static str) {
+        count(&mut self.state().drills, &DRILL_RESULTS, result);
     }
 
-    /// Records that `command` ran now, and whether it succeeded.
-    pub fn ran(&self, command: &str, success: bool) {
-        let label = CommandLabel {
-            command: command.to_string(),
-        };
-        self.last_run
-            .get_or_create(&label)
-            .set(Utc::now().timestamp() as f64);
-        self.last_run_success
-            .get_or_create(&label)
-            .set(i64::from(success));
+    /// Records that `command` ended now after `duration`, and whether it succeeded.
+    pub fn ran(&self, command: &str, success: bool, duration: std::time::Duration) {
+        self.state().runs.insert(
+            command.to_string(),
+            Run {
+                at: Utc::now(),
+                success,
+                duration,
+            },
+        );
     }
 
-    /// Sets the gauges that describe the target from what it holds, so a restarted `run`
-    /// or a one-shot command reports the real age of the newest backup and drill.
-    pub fn observe(&self, figures: &StoreFigures) {
-        self.backups_complete
-            .set(i64::try_from(figures.backups_complete).unwrap_or(i64::MAX));
-        self.stored_bytes
-            .set(i64::try_from(figures.stored_bytes).unwrap_or(i64::MAX));
-        if let Some(at) = figures.last_success {
-            self.last_success.set(seconds(at));
-        }
-        if let Some(bytes) = figures.last_stored_bytes {
-            self.last_stored_bytes
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        }
-        if let Some(at) = figures.last_drill_success {
-            self.last_drill_success.set(seconds(at));
-        }
+    /// Sets the figures that describe the target from what it holds (read by `command`),
+    /// so a restarted `run` or a one-shot command reports the real age of the newest
+    /// backup and drill. Until the target is read, none of them is exported: a target
+    /// that cannot be read must not look empty.
+    pub fn observe(&self, command: &str, figures: &StoreFigures) {
+        self.state().figures = Some((command.to_string(), figures.clone()));
     }
 
-    /// Prometheus text (OpenMetrics) of every metric.
+    /// Every metric in the Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
+        let state = self.state();
+        let mut out = Text::default();
+        let cluster = [("cluster", self.cluster.as_str())];
+        for (name, help, counts) in [
+            (
+                "etcd_offsite_backups_total",
+                "Backups attempted by this process, by result (success, failure, skipped by a guard because another run did or does the work)",
+                &state.backups,
+            ),
+            (
+                "etcd_offsite_drills_total",
+                "Restore drills run by this process, by result (success, failure)",
+                &state.drills,
+            ),
+        ] {
+            if let Some(counts) = counts {
+                out.family(name, "counter", help);
+                for (result, n) in counts {
+                    out.sample(name, &[cluster[0], ("result", result)], *n as f64);
+                }
+            }
+        }
+        let runs = &state.runs;
+        if !runs.is_empty() {
+            type Field = fn(&Run) -> f64;
+            let fields: [(&str, &str, Field); 3] = [
+                (
+                    "etcd_offsite_last_run_timestamp_seconds",
+                    "Unix time the command's last run ended, by command",
+                    |r| seconds(r.at),
+                ),
+                (
+                    "etcd_offsite_last_run_success",
+                    "1 when the command's last run succeeded (or was skipped by a routine guard), else 0",
+                    |r| f64::from(u8::from(r.success)),
+                ),
+                (
+                    "etcd_offsite_last_run_duration_seconds",
+                    "How long the command's last run took, by command",
+                    |r| r.duration.as_secs_f64(),
+                ),
+            ];
+            for (name, help, field) in fields {
+                out.family(name, "gauge", help);
+                for (command, run) in runs {
+                    out.sample(name, &[cluster[0], ("command", command)], field(run));
+                }
+            }
+        }
+        if let Some((command, figures)) = &state.figures {
+            let labels = [cluster[0], ("command", command.as_str())];
+            let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+                if let Some(value) = value {
+                    out.family(name, "gauge", help);
+                    out.sample(name, &labels, value);
+                }
+            };
+            gauge(
+                "etcd_offsite_backups_complete",
+                "Complete trusted backups in the target",
+                Some(figures.backups_complete as f64),
+            );
+            gauge(
+                "etcd_offsite_stored_bytes",
+                "Bytes stored by all complete trusted backups in the target",
+                Some(figures.stored_bytes as f64),
+            );
+            gauge(
+                "etcd_offsite_last_success_timestamp_seconds",
+                "Unix time the newest complete trusted backup in the target finished; absent when there is none",
+                figures.last_success.map(seconds),
+            );
+            gauge(
+                "etcd_offsite_last_stored_bytes",
+                "Bytes stored by the newest complete trusted backup in the target",
+                figures.last_stored_bytes.map(|b| b as f64),
+            );
+            gauge(
+                "etcd_offsite_drill_recorded",
+                "1 when the target holds a successful restore drill of a trusted backup, 0 when it holds none",
+                Some(f64::from(u8::from(figures.last_drill_success.is_some()))),
+            );
+            gauge(
+                "etcd_offsite_last_drill_success_timestamp_seconds",
+                "Unix time of the newest successful restore drill in the target; absent when there is none",
+                figures.last_drill_success.map(seconds),
+            );
+        }
+        out.0
     }
 
     /// Writes [`Metrics::render`] to `path` atomically (a temporary name in the same
@@ -242,6 +241,46 @@ impl Metrics {
         write().inspect_err(|_| {
             let _ = std::fs::remove_file(&partial);
         })
+    }
+}
+
+/// The content type of [`Metrics::render`]'s text, for `/metrics`.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn count(
+    counts: &mut Option<BTreeMap<&'static str, u64>>,
+    results: &[&'static str],
+    result: &'static str,
+) {
+    let counts = counts.get_or_insert_with(|| results.iter().map(|r| (*r, 0)).collect());
+    *counts.entry(result).or_default() += 1;
+}
+
+/// Prometheus text format 0.0.4: `# HELP` and `# TYPE` once per family, then its samples.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write;
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        use std::fmt::Write;
+        let labels = labels
+            .iter()
+            .map(|(k, v)| {
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                format!("{k}=\"{v}\"")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
     }
 }
 
@@ -358,11 +397,7 @@ fn metrics_response<B>(
         response
     };
     match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(),
-        ),
+        (&Method::GET | &Method::HEAD, "/metrics") => reply(StatusCode::OK, CONTENT_TYPE, render()),
         (&Method::GET | &Method::HEAD, _) => reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -373,5 +408,50 @@ fn metrics_response<B>(
             "text/plain; charset=utf-8",
             "use GET /metrics\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format_node_exporter_reads() {
+        let metrics = Metrics::new("prod \"east\"");
+        // Nothing known yet: nothing exported, not zeros that look like a 1970 backup.
+        assert_eq!(metrics.render(), "");
+        metrics.count_backup("success");
+        metrics.ran("backup", true, std::time::Duration::from_millis(1500));
+        metrics.observe(
+            "backup",
+            &StoreFigures {
+                backups_complete: 2,
+                stored_bytes: 10,
+                last_success: DateTime::from_timestamp(1_700_000_000, 250_000_000),
+                last_stored_bytes: Some(4),
+                last_drill_success: None,
+            },
+        );
+        let text = metrics.render();
+        let c = r#"cluster="prod \"east\"""#;
+        for line in [
+            "# TYPE etcd_offsite_backups_total counter".to_string(),
+            format!("etcd_offsite_backups_total{{{c},result=\"success\"}} 1"),
+            format!("etcd_offsite_backups_total{{{c},result=\"failure\"}} 0"),
+            format!("etcd_offsite_last_run_duration_seconds{{{c},command=\"backup\"}} 1.5"),
+            format!(
+                "etcd_offsite_last_success_timestamp_seconds{{{c},command=\"backup\"}} 1700000000.25"
+            ),
+            format!("etcd_offsite_drill_recorded{{{c},command=\"backup\"}} 0"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("drills_total"), "{text}");
+        assert!(!text.contains("last_drill_success_timestamp"), "{text}");
+        assert!(!text.contains("# EOF"));
+        // One HELP and one TYPE per family.
+        let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let unique: std::collections::BTreeSet<_> = types.iter().collect();
+        assert_eq!(types.len(), unique.len(), "{text}");
     }
 }

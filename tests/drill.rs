@@ -185,17 +185,20 @@ fn drill_proves_the_backup(version: EtcdVersion) {
     .unwrap();
     let metrics = prometheus_samples(&backup_prom);
     assert_eq!(
-        metrics["etcd_offsite_backups_total{result=success}"], 1.0,
+        metrics["etcd_offsite_backups_total{cluster=test,result=success}"], 1.0,
         "{metrics:?}"
     );
     assert_eq!(
-        metrics["etcd_offsite_last_run_success{command=backup}"],
+        metrics["etcd_offsite_last_run_success{cluster=test,command=backup}"],
         1.0
     );
-    assert_eq!(metrics["etcd_offsite_backups_complete"], 1.0);
+    assert_eq!(
+        metrics["etcd_offsite_backups_complete{cluster=test,command=backup}"],
+        1.0
+    );
     let finished =
         chrono::DateTime::parse_from_rfc3339(manifest["finished_at"].as_str().unwrap()).unwrap();
-    let last = metrics["etcd_offsite_last_success_timestamp_seconds"];
+    let last = metrics["etcd_offsite_last_success_timestamp_seconds{cluster=test,command=backup}"];
     assert!(
         (last - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.01,
         "{last} vs {finished}"
@@ -243,12 +246,12 @@ fn drill_proves_the_backup(version: EtcdVersion) {
     assert!(record.get("warnings").is_none(), "{record}");
     let metrics = prometheus_samples(&drill_prom);
     assert_eq!(
-        metrics["etcd_offsite_drills_total{result=success}"], 1.0,
+        metrics["etcd_offsite_drills_total{cluster=test,result=success}"], 1.0,
         "{metrics:?}"
     );
     let at = chrono::DateTime::parse_from_rfc3339(record["at"].as_str().unwrap()).unwrap();
     assert!(
-        (metrics["etcd_offsite_last_drill_success_timestamp_seconds"]
+        (metrics["etcd_offsite_last_drill_success_timestamp_seconds{cluster=test,command=drill}"]
             - at.timestamp_millis() as f64 / 1000.0)
             .abs()
             < 0.01,

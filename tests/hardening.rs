@@ -387,7 +387,7 @@ fn idle_connections_cannot_starve_the_metrics_endpoint() {
     assert!(
         response
             .text()
-            .contains("etcd_offsite_last_success_timestamp_seconds"),
+            .contains("etcd_offsite_backups_complete{cluster=\"test\",command=\"run\"} 0"),
         "{}",
         response.text()
     );

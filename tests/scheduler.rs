@@ -45,7 +45,7 @@ fn scheduled_backups_run_and_metrics_are_served() {
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
     assert!(
-        text.contains("etcd_offsite_backups_total{result=\"success\"}"),
+        text.contains("etcd_offsite_backups_total{cluster=\"test\",result=\"success\"}"),
         "{text}"
     );
     assert!(
@@ -145,8 +145,9 @@ fn scheduled_drills_run_and_survive_a_restart_in_the_metrics() {
     );
     let scrape = || http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"").text();
     assert!(
-        wait_until(Duration::from_secs(10), || scrape()
-            .contains("etcd_offsite_drills_total{result=\"success\"}")),
+        wait_until(Duration::from_secs(10), || scrape().contains(
+            "etcd_offsite_drills_total{cluster=\"test\",result=\"success\"}"
+        )),
         "{}",
         scrape()
     );
@@ -170,8 +171,9 @@ fn scheduled_drills_run_and_survive_a_restart_in_the_metrics() {
         }
         let text = http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"").text();
         text.lines().any(|l| {
-            l.starts_with("etcd_offsite_last_drill_success_timestamp_seconds ")
-                && !l.ends_with(" 0.0")
+            l.starts_with(
+                "etcd_offsite_last_drill_success_timestamp_seconds{cluster=\"test\",command=\"run\"} ",
+            )
         })
     });
     assert!(seeded, "{}", tail(&fx.path("run.log"), 30));

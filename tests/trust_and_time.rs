@@ -296,7 +296,11 @@ fn a_future_dated_backup_counts_for_nothing() {
     let text = http("GET", &format!("http://127.0.0.1:{port}/metrics"), &[], b"").text();
     let last_success = text
         .lines()
-        .find_map(|l| l.strip_prefix("etcd_offsite_last_success_timestamp_seconds "))
+        .find_map(|l| {
+            l.strip_prefix(
+                "etcd_offsite_last_success_timestamp_seconds{cluster=\"test\",command=\"run\"} ",
+            )
+        })
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("{text}"));
     let now = chrono::Utc::now().timestamp() as f64;

@@ -16,9 +16,10 @@ use crate::settings::{CommandSettings, Settings};
 
 /// Runs the resolved command, then writes `--metrics-textfile` when asked.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let outcome = dispatch(&settings).await;
     if let Some(path) = &settings.metrics_textfile {
-        write_metrics(&settings, &outcome, path).await;
+        write_metrics(&settings, &outcome, started.elapsed(), path).await;
     }
     outcome
 }
@@ -26,9 +27,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// `--metrics-textfile`: this run's outcome plus what the repository holds (the newest
 /// trusted backup and drill), so the file tells a monitoring system the truth even when
 /// this run failed.
-async fn write_metrics(settings: &Settings, outcome: &anyhow::Result<()>, path: &std::path::Path) {
+async fn write_metrics(
+    settings: &Settings,
+    outcome: &anyhow::Result<()>,
+    duration: std::time::Duration,
+    path: &std::path::Path,
+) {
     let command = settings.command.name();
-    let metrics = crate::telemetry::Metrics::new();
+    let metrics = crate::telemetry::Metrics::new(&settings.config.cluster);
     let skipped = outcome
         .as_ref()
         .err()
@@ -45,10 +51,10 @@ async fn write_metrics(settings: &Settings, outcome: &anyhow::Result<()>, path: 
         _ => {}
     }
     // A refusal that is a fault of this host (clocks apart) is a failed run.
-    metrics.ran(command, outcome.is_ok() || skipped);
+    metrics.ran(command, outcome.is_ok() || skipped, duration);
     match Repository::primary(&settings.config) {
         Ok(repo) => match crate::ops::store_figures(&repo).await {
-            Ok(figures) => metrics.observe(&figures),
+            Ok(figures) => metrics.observe(command, &figures),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "metrics textfile: the target could not be read; its figures are left out")
             }

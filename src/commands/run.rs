@@ -18,7 +18,7 @@ use crate::telemetry::Metrics;
 pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
     let schedule = &args.schedule;
     let repo = Repository::primary(config)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&config.cluster));
     // A restart must not make the newest backup look missing until the next one.
     observe(&repo, &metrics).await;
     let listener = TcpListener::bind(&args.metrics_listen)
@@ -99,26 +99,31 @@ pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
                 backup.await
             }
         };
-        metrics.last_duration.set(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
         match outcome {
             Ok(manifest) => {
                 metrics.count_backup("success");
-                metrics.ran("backup", true);
+                metrics.ran("backup", true, took);
                 let policy = config.retention.as_ref();
-                if let Err(e) = crate::ops::prune::after_backup(policy, &repo, &manifest.id).await {
+                let started = std::time::Instant::now();
+                let pruned = crate::ops::prune::after_backup(policy, &repo, &manifest.id).await;
+                if let Err(e) = &pruned {
                     tracing::error!(error = %format!("{e:#}"), "prune failed");
+                }
+                if policy.is_some() {
+                    metrics.ran("prune", pruned.is_ok(), started.elapsed());
                 }
             }
             // Another host did (or does) this slot's backup: a skip, not a failure.
             Err(e) if refusal(&e).is_some_and(|r| r.routine()) => {
                 metrics.count_backup("skipped");
-                metrics.ran("backup", true);
+                metrics.ran("backup", true, took);
                 tracing::info!(reason = %format!("{e:#}"), "backup skipped");
             }
             // Clocks apart and every other failure need a human.
             Err(e) => {
                 metrics.count_backup("failure");
-                metrics.ran("backup", false);
+                metrics.ran("backup", false, took);
                 tracing::error!(error = %format!("{e:#}"), "backup failed");
             }
         }
@@ -141,7 +146,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// The metrics' figures of what the repository holds.
 async fn observe(repo: &Repository, metrics: &Metrics) {
     match crate::ops::store_figures(repo).await {
-        Ok(figures) => metrics.observe(&figures),
+        Ok(figures) => metrics.observe("run", &figures),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the target for the metrics")
         }
@@ -151,6 +156,7 @@ async fn observe(repo: &Repository, metrics: &Metrics) {
 /// `schedule.drill`: drills the newest trusted backup and records the outcome.
 async fn drill_newest(repo: &Repository, drill: &crate::config::DrillSchedule, metrics: &Metrics) {
     tracing::info!(cron = %drill.cron_text, "scheduled drill starting");
+    let started = std::time::Instant::now();
     let outcome = match Identities::load(&drill.identities) {
         Ok(identities) => {
             crate::ops::drill::execute(repo, &Selection::Latest, &identities, &drill.host).await
@@ -179,7 +185,7 @@ async fn drill_newest(repo: &Repository, drill: &crate::config::DrillSchedule, m
         }
     };
     metrics.count_drill(result);
-    metrics.ran("drill", result == "success");
+    metrics.ran("drill", result == "success", started.elapsed());
     observe(repo, metrics).await;
 }
 
