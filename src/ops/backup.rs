@@ -16,6 +16,7 @@ use crate::repo::{BackupLock, Claim, Repository};
 use crate::source::backup_dir::{self, BackupDirPair};
 use crate::source::content::ContentFacts;
 use crate::source::etcd::{ClusterFacts, EtcdMember};
+use crate::source::pace::RequestPacer;
 use crate::source::static_resources;
 use crate::telemetry;
 
@@ -105,7 +106,6 @@ enum Prepared {
     Etcd {
         member: Box<EtcdMember>,
         facts: ClusterFacts,
-        content: Option<ContentFacts>,
     },
     BackupDir {
         pair: BackupDirPair,
@@ -128,21 +128,12 @@ async fn take_backup(
             if facts.openshift {
                 dirty_reasons = guard_settled_operators(&mut member, force).await?;
             }
-            // etcd's latency before anything else is read: the baseline that the key
-            // scan and the stream are paced to.
+            // etcd's latency before anything else is read: the baseline that the stream
+            // and the key scan after it are paced to.
             member.start_pacing().await?;
-            // Best effort: a backup is worth more than its description.
-            let content = match member.content_facts_at(member.revision, false).await {
-                Ok((content, _)) => Some(content),
-                Err(e) => {
-                    tracing::warn!(error = %e, "key counts not recorded; `drill` will check less");
-                    None
-                }
-            };
             Prepared::Etcd {
                 member: Box::new(member),
                 facts,
-                content,
             }
         }
         SnapshotSource::BackupDir { dir, etcd } => {
@@ -224,21 +215,13 @@ async fn write_backup(
             let artifact = repo.artifact(claim, ArtifactKind::Snapshot, shipped);
             (artifact, pair.source_info(), facts, None)
         }
-        Prepared::Etcd {
-            member,
-            facts,
-            content,
-        } => {
+        Prepared::Etcd { member, facts } => {
             let SnapshotSource::Etcd(etcd) = &config.source else {
                 unreachable!("prepared from an etcd source");
             };
-            let (artifact, source) =
+            let (artifact, source, mut member) =
                 ship_etcd_snapshot(etcd, *member, repo, claim, snapshot_encoding).await?;
-            // After a failover the snapshot came from another member, which may lag.
-            let content = content.filter(|c| match &source {
-                SourceInfo::Etcd { revision, .. } => *revision >= c.revision,
-                SourceInfo::BackupDir { .. } => false,
-            });
+            let content = content_after_stream(&mut member, &source).await;
             (artifact, source, facts, content)
         }
     };
@@ -305,14 +288,57 @@ where
     Ok(repo.artifact(claim, ArtifactKind::StaticResources, shipped))
 }
 
-/// Streams the snapshot from `member`; when the stream fails, the next healthy member is tried.
+/// The key counts and the encryption in use, read from the member that served the
+/// snapshot after its stream, at the revision it reported before (the snapshot holds at
+/// least that revision), paced like the stream. Best effort: a backup is worth more than
+/// its description. When compaction removed that revision meanwhile (kube-apiserver
+/// compacts to the revision of five minutes before, etcd's own auto-compaction by its
+/// retention), no counts are recorded, and the log says why.
+async fn content_after_stream(
+    member: &mut EtcdMember,
+    source: &SourceInfo,
+) -> Option<ContentFacts> {
+    let SourceInfo::Etcd { pacing, .. } = source else {
+        return None;
+    };
+    let pacer = pacing.as_ref().and_then(RequestPacer::after_stream);
+    let started = std::time::Instant::now();
+    match member.content_facts_at(member.revision, false, pacer).await {
+        Ok((content, _)) => {
+            tracing::info!(
+                revision = content.revision,
+                keys = content.keys,
+                prefixes = content.prefixes.len(),
+                seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                "key counts read"
+            );
+            Some(content)
+        }
+        Err(e) if e.compacted => {
+            tracing::warn!(
+                endpoint = %e.endpoint,
+                revision = e.revision,
+                "key counts not recorded: revision {} was compacted while the snapshot streamed (the cluster keeps less history than this backup took; kube-apiserver's --etcd-compaction-interval, etcd's --auto-compaction-retention); the snapshot is complete, and `drill` will check its revision and encrypted values but not the key counts",
+                e.revision
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "key counts not recorded; `drill` will check less");
+            None
+        }
+    }
+}
+
+/// Streams the snapshot from `member`; when the stream fails, the next healthy member is
+/// tried. Returns the member that served it.
 async fn ship_etcd_snapshot(
     etcd: &EtcdSource,
     member: EtcdMember,
     repo: &Repository,
     claim: &mut Claim,
     encoding: Encoding,
-) -> anyhow::Result<(Artifact, SourceInfo)> {
+) -> anyhow::Result<(Artifact, SourceInfo, EtcdMember)> {
     let mut index = etcd
         .endpoints
         .iter()
@@ -352,6 +378,7 @@ async fn ship_etcd_snapshot(
                 return Ok((
                     repo.artifact(claim, ArtifactKind::Snapshot, shipped),
                     source,
+                    member,
                 ));
             }
             Err(e)

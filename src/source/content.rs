@@ -3,35 +3,50 @@
 //! manifest at backup time and checked against a restored copy by `drill`.
 //!
 //! Cheap next to the snapshot itself: a count from etcd's index per prefix (a skip scan,
-//! no values read), and a few values per prefix (a bounded sample) to read the `k8s:enc:<provider>:v1:<key name>:` prefixes that
-//! kube-apiserver writes before encrypted values.
+//! no values read), and a few values per prefix (a bounded sample) to read the
+//! `k8s:enc:<provider>:v1:<key name>:` prefixes that kube-apiserver writes before
+//! encrypted values. A backup reads them after the snapshot stream, at the revision the
+//! snapshot holds: etcd answers a count-only range at a past revision from its in-memory
+//! index (`mvcc` `rangeKeys`, etcd 3.4 and 3.5), as long as that revision is not compacted.
+//! Every request is serializable: at a fixed revision that the member has applied, the
+//! answer is the same as through the quorum, without a ReadIndex round for each.
 
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, GetOptions, GetResponse};
 use serde::{Deserialize, Serialize};
 
-use crate::source::pace::Pacer;
+use crate::source::pace::RequestPacer;
 
-/// A client whose range requests are paced.
+/// A client whose range requests are serializable and paced.
 struct PacedClient<'a> {
     client: &'a mut Client,
-    pacer: Option<&'a Pacer>,
+    pacer: Option<RequestPacer>,
 }
 
 impl PacedClient<'_> {
     async fn get(
         &mut self,
         key: impl Into<Vec<u8>>,
-        options: Option<GetOptions>,
+        options: GetOptions,
     ) -> Result<GetResponse, etcd_client::Error> {
         let start = std::time::Instant::now();
-        let response = self.client.get(key, options).await?;
-        if let Some(pacer) = self.pacer {
+        let response = self
+            .client
+            .get(key, Some(options.with_serializable()))
+            .await?;
+        if let Some(pacer) = &mut self.pacer {
             pacer.after_request(start.elapsed()).await;
         }
         Ok(response)
     }
+}
+
+/// True when `error` says that the requested revision was compacted (etcd's
+/// `ErrCompacted`, gRPC OutOfRange).
+pub fn is_compacted(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("required revision has been compacted"))
 }
 
 /// Largest keys-only page, for keys outside the `/<root>/<resource>/…` shape.
@@ -138,7 +153,7 @@ async fn next_key(
                     None => options.with_from_key(),
                 };
                 let mut found = client
-                    .get(low.clone(), Some(options.with_revision(revision)))
+                    .get(low.clone(), options.with_revision(revision))
                     .await?;
                 if let Some(kv) = found.take_kvs().into_iter().next() {
                     return Ok(Some((kv.key().to_vec(), high)));
@@ -195,13 +210,12 @@ pub fn encryption_prefix_len(value: &[u8]) -> Option<usize> {
 }
 
 /// Reads the facts at `revision`; with `keep_samples`, also the sampled encrypted values.
-/// With a `pacer`, every request is followed by a pause that keeps etcd's latency near its
-/// level before the backup.
+/// With a `pacer`, requests that etcd answers slowly are followed by a pause.
 pub async fn read(
     client: &mut Client,
     revision: i64,
     keep_samples: bool,
-    pacer: Option<&Pacer>,
+    pacer: Option<RequestPacer>,
 ) -> Result<(ContentFacts, Vec<EncryptedValue>), etcd_client::Error> {
     let mut client = PacedClient { client, pacer };
     let client = &mut client;
@@ -223,7 +237,7 @@ pub async fn read(
                 .with_prefix()
                 .with_count_only()
                 .with_revision(revision);
-            let count = client.get(range.as_str(), Some(options)).await?.count();
+            let count = client.get(range.as_str(), options).await?.count();
             facts.add(prefix.to_string(), u64::try_from(count).unwrap_or_default());
             let Some(end) = increment(range.as_bytes()) else {
                 break; // unreachable: `range` ends in '/'
@@ -237,9 +251,7 @@ pub async fn read(
             Some(end) => options.with_range(end),
             None => options.with_from_key(),
         };
-        let mut page = client
-            .get(key, Some(options.with_revision(revision)))
-            .await?;
+        let mut page = client.get(key, options.with_revision(revision)).await?;
         for kv in page.take_kvs() {
             if resource_prefix(kv.key()).is_some() {
                 break;
@@ -261,7 +273,7 @@ pub async fn read(
             .with_prefix()
             .with_limit(SAMPLE_PER_PREFIX)
             .with_revision(revision);
-        let mut found = client.get(format!("{prefix}/"), Some(options)).await?;
+        let mut found = client.get(format!("{prefix}/"), options).await?;
         for kv in found.take_kvs() {
             budget = budget.saturating_sub(kv.value().len());
             let Some((provider, key_name)) = encryption_of(kv.value()) else {

@@ -15,7 +15,7 @@ use tokio_util::io::StreamReader;
 use crate::config::EtcdSource;
 use crate::manifest::{SourceInfo, UpgradeInfo};
 use crate::source::content::{self, ContentFacts, EncryptedValue};
-use crate::source::pace::{Pacer, ReadLimiter};
+use crate::source::pace::{Pacer, ReadLimiter, RequestPacer};
 
 /// Where OpenShift keeps the ClusterVersion object (stored as JSON).
 const CLUSTER_VERSION_KEY: &str = "/kubernetes.io/config.openshift.io/clusterversions/version";
@@ -38,6 +38,17 @@ const OBJECT_CAP: usize = 4 * 1024 * 1024;
 pub struct EtcdError {
     pub endpoint: String,
     pub reason: String,
+}
+
+/// The key counts could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd {endpoint}: reading key counts at revision {revision}: {source}")]
+pub struct ContentError {
+    pub endpoint: String,
+    pub revision: i64,
+    /// The revision was compacted meanwhile (etcd keeps no history before it).
+    pub compacted: bool,
+    source: etcd_client::Error,
 }
 
 /// A connected, healthy member.
@@ -106,9 +117,9 @@ impl EtcdMember {
     }
 
     /// Measures etcd's latency before the backup on a connection of its own, then keeps
-    /// measuring it until the snapshot ends (see [`crate::source::pace`]): the content scan
-    /// and the snapshot stream are paced by it. Fails when the member does not answer a
-    /// linearizable read (no leader, or no quorum).
+    /// measuring it until the snapshot ends (see [`crate::source::pace`]): the snapshot
+    /// stream is paced by it, and the content scan after it by the target it set. Fails
+    /// when the member does not answer a linearizable read (no leader, or no quorum).
     pub async fn start_pacing(&mut self) -> Result<(), EtcdError> {
         if self.pacer.is_some() {
             return Ok(());
@@ -194,20 +205,22 @@ impl EtcdMember {
         Ok(unsettled)
     }
 
-    /// Key counts and the encryption in use at `revision` (see [`content`]).
+    /// Key counts and the encryption in use at `revision` (see [`content`]), paced by
+    /// `pacer` when there is one.
     pub async fn content_facts_at(
         &mut self,
         revision: i64,
         keep_samples: bool,
-    ) -> Result<(ContentFacts, Vec<EncryptedValue>), EtcdError> {
-        content::read(
-            &mut self.client,
-            revision,
-            keep_samples,
-            self.pacer.as_ref(),
-        )
-        .await
-        .map_err(|e| self.error(format!("reading key counts at revision {revision}: {e}")))
+        pacer: Option<RequestPacer>,
+    ) -> Result<(ContentFacts, Vec<EncryptedValue>), ContentError> {
+        content::read(&mut self.client, revision, keep_samples, pacer)
+            .await
+            .map_err(|source| ContentError {
+                endpoint: self.endpoint.clone(),
+                revision,
+                compacted: content::is_compacted(&source),
+                source,
+            })
     }
 
     fn error(&self, reason: String) -> EtcdError {
@@ -221,7 +234,7 @@ impl EtcdMember {
     /// [`EtcdMember::start_pacing`]). The [`Pacer`] must be finished after the stream: it
     /// reports etcd's latency, and fails when the member lost its quorum meanwhile.
     pub async fn snapshot(
-        mut self,
+        &mut self,
     ) -> Result<(impl AsyncRead + Send + Unpin + 'static, Pacer), EtcdError> {
         self.start_pacing().await?;
         let pacer = self.pacer.take().expect("pacing was just started");
@@ -231,8 +244,8 @@ impl EtcdMember {
         })?;
         let state = StreamState {
             stream,
-            _client: self.client,
-            endpoint: self.endpoint,
+            _client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
             idle: self.config.timeout,
             limiter: pacer.limiter(),
         };

@@ -48,8 +48,11 @@ const TARGET_HEADROOM_FLOOR_MS: f64 = 2.0;
 const BURST: Duration = Duration::from_millis(20);
 /// Points kept in the recorded timeline; past that it is thinned to every other point.
 const TIMELINE_POINTS: usize = 600;
-/// The content scan pauses once it owes this much.
+/// The content scan pauses once it owes this much (timers do not sleep for less).
 const SCAN_PAUSE: Duration = Duration::from_millis(5);
+/// While its requests take longer than the target, the content scan pauses this many
+/// times as long as they took.
+const SCAN_BACKOFF: u32 = 4;
 /// Key of the probe's count-only read (it need not exist).
 const PROBE_KEY: &str = "/etcd-offsite/latency-probe";
 const MIB: f64 = 1024.0 * 1024.0;
@@ -143,8 +146,6 @@ struct State {
     lost: Option<String>,
     timeline: Vec<RatePoint>,
     timeline_step: f64,
-    /// Pause the content scan owes.
-    scan_debt: Duration,
 }
 
 impl Pacer {
@@ -218,30 +219,6 @@ impl Pacer {
         }
     }
 
-    /// Paces one request of the content scan that took `elapsed`: pauses as long again
-    /// while etcd's latency is at its target, four times as long while it is above (the
-    /// scan then uses at most a fifth of the time). Pauses are taken a few milliseconds
-    /// at a time, as timers do not sleep for less.
-    pub async fn after_request(&self, elapsed: Duration) {
-        if self.shared.mode == Pace::Off {
-            return;
-        }
-        let pause = {
-            let mut state = self.shared.state();
-            let factor = if state.last_ms > self.shared.target_ms {
-                4
-            } else {
-                1
-            };
-            state.scan_debt += elapsed * factor;
-            if state.scan_debt < SCAN_PAUSE {
-                return;
-            }
-            std::mem::take(&mut state.scan_debt)
-        };
-        tokio::time::sleep(pause).await;
-    }
-
     /// Stops the probes after one last one, and returns what pacing saw; fails when the
     /// member lost its quorum at any time, the last probe included.
     pub async fn finish(mut self) -> Result<PacingFacts, QuorumLost> {
@@ -300,6 +277,41 @@ impl Pacer {
     }
 }
 
+/// Paces the small requests of the content scan, which runs after the stream, by their
+/// own latency: no pause while etcd answers them within the target the stream was steered
+/// to; above it, a pause [`SCAN_BACKOFF`] times as long as the request took, so that the
+/// scan takes at most a fifth of etcd's time while etcd is slow.
+#[derive(Debug)]
+pub struct RequestPacer {
+    target: Duration,
+    owed: Duration,
+}
+
+impl RequestPacer {
+    /// The pacer for `pace: auto` (None for `off`: the scan runs unpaused).
+    pub fn after_stream(facts: &PacingFacts) -> Option<Self> {
+        facts.target_ms.map(|ms| Self {
+            target: Duration::from_secs_f64(ms / 1000.0),
+            owed: Duration::ZERO,
+        })
+    }
+
+    /// Pauses as needed after a request that took `elapsed`.
+    pub async fn after_request(&mut self, elapsed: Duration) {
+        if let Some(pause) = self.owe(elapsed) {
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The pause due after a request that took `elapsed`, once enough is owed.
+    fn owe(&mut self, elapsed: Duration) -> Option<Duration> {
+        if elapsed > self.target {
+            self.owed += elapsed * SCAN_BACKOFF;
+        }
+        (self.owed >= SCAN_PAUSE).then(|| std::mem::take(&mut self.owed))
+    }
+}
+
 impl ReadLimiter {
     /// Waits as long as the rate in force asks after `bytes` were read, and fails once the
     /// member has lost its quorum.
@@ -351,7 +363,6 @@ impl State {
             lost: None,
             timeline: Vec::new(),
             timeline_step: 1.0,
-            scan_debt: Duration::ZERO,
         }
     }
 }
@@ -584,6 +595,37 @@ mod tests {
             steer(&shared, &mut state, 0.0);
         }
         assert_eq!(state.rate, 64.0 * MIB);
+    }
+
+    #[test]
+    fn the_scan_pauses_only_while_etcd_is_slower_than_the_target() {
+        let facts = |target_ms| PacingFacts {
+            mode: "auto".into(),
+            rate_cap: None,
+            baseline_ms: 1.0,
+            target_ms,
+            during: LatencySummary::default(),
+            mean_rate: 0,
+            timeline: Vec::new(),
+        };
+        assert!(RequestPacer::after_stream(&facts(None)).is_none());
+        let mut pacer = RequestPacer::after_stream(&facts(Some(3.0))).unwrap();
+        let ms = Duration::from_millis;
+        for _ in 0..100 {
+            assert_eq!(
+                pacer.owe(ms(3)),
+                None,
+                "answers within the target: no pause"
+            );
+        }
+        // Slower: four times as long, owed until there is enough to sleep.
+        assert_eq!(pacer.owe(ms(1)), None);
+        assert_eq!(pacer.owe(ms(4)), Some(ms(16)));
+        assert_eq!(
+            pacer.owe(Duration::from_micros(3100)),
+            Some(Duration::from_micros(12_400))
+        );
+        assert_eq!(pacer.owe(ms(1)), None);
     }
 
     #[test]
