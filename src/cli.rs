@@ -184,6 +184,10 @@ pub struct StatusArgs {
     /// Exit 5 when the newest successful drill is older than this (e.g. `8d`), or there is none.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_drill_age: Option<std::time::Duration>,
+    /// Every cluster found under the snapshot target (one line each), not only this
+    /// config's; exit 5 when any is stale.
+    #[arg(long)]
+    pub all_clusters: bool,
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,8 @@ pub struct StatusSettings {
     pub json: bool,
     pub max_age: Option<Duration>,
     pub max_drill_age: Option<Duration>,
+    /// Every cluster of the snapshot target.
+    pub all_clusters: bool,
 }
 
 pub struct DrillSettings {
@@ -189,6 +191,7 @@ impl Settings {
                     .max_drill_age
                     .map(|d| bounded_flag("--max-drill-age", d))
                     .transpose()?,
+                all_clusters: args.all_clusters,
             }),
             Command::Drill(args) => CommandSettings::Drill(DrillSettings {
                 selection: selection(args.selection.id),

@@ -76,6 +76,8 @@ struct State {
     runs: BTreeMap<String, Run>,
     /// What the target held when last read, and which command read it.
     figures: Option<(String, StoreFigures)>,
+    /// `status --all-clusters`: every cluster of the target (instead of `figures`).
+    fleet: Option<Vec<ClusterFigures>>,
 }
 
 struct Run {
@@ -125,6 +127,13 @@ impl Metrics {
     /// that cannot be read must not look empty.
     pub fn observe(&self, command: &str, figures: &StoreFigures) {
         self.state().figures = Some((command.to_string(), figures.clone()));
+    }
+
+    /// Sets the figures of every cluster of a target (`status --all-clusters`), each
+    /// exported with its own `cluster` label and `command="status"`, under the names of
+    /// one cluster's figures (so the per-cluster rules hold for them too).
+    pub fn observe_fleet(&self, clusters: Vec<ClusterFigures>) {
+        self.state().fleet = Some(clusters);
     }
 
     /// Every metric in the Prometheus text format 0.0.4.
@@ -178,7 +187,9 @@ impl Metrics {
                 }
             }
         }
-        if let Some((command, figures)) = &state.figures {
+        if let Some(fleet) = &state.fleet {
+            render_fleet(&mut out, fleet);
+        } else if let Some((command, figures)) = &state.figures {
             let labels = [cluster[0], ("command", command.as_str())];
             let mut gauge = |name: &str, help: &str, value: Option<f64>| {
                 if let Some(value) = value {
@@ -281,6 +292,69 @@ impl Text {
             .collect::<Vec<_>>()
             .join(",");
         let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+    }
+}
+
+/// One cluster of a fleet view, as the metrics report it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub cluster: String,
+    /// When its newest trusted backup finished, and what it stored.
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_stored_bytes: Option<u64>,
+    /// When its newest successful drill of a trusted backup ran.
+    pub last_drill_success: Option<DateTime<Utc>>,
+    /// Older than the limits `status` was given, or missing.
+    pub stale: bool,
+}
+
+/// Each family once, then one sample per cluster.
+fn render_fleet(out: &mut Text, fleet: &[ClusterFigures]) {
+    type Field = fn(&ClusterFigures) -> Option<f64>;
+    let fields: [(&str, &str, Field); 6] = [
+        (
+            "etcd_offsite_backup_recorded",
+            "1 when the target holds a complete trusted backup of the cluster, 0 when it holds none",
+            |c| Some(f64::from(u8::from(c.last_success.is_some()))),
+        ),
+        (
+            "etcd_offsite_last_success_timestamp_seconds",
+            "Unix time the newest complete trusted backup in the target finished; absent when there is none",
+            |c| c.last_success.map(seconds),
+        ),
+        (
+            "etcd_offsite_last_stored_bytes",
+            "Bytes stored by the newest complete trusted backup in the target",
+            |c| c.last_stored_bytes.map(|b| b as f64),
+        ),
+        (
+            "etcd_offsite_drill_recorded",
+            "1 when the target holds a successful restore drill of a trusted backup, 0 when it holds none",
+            |c| Some(f64::from(u8::from(c.last_drill_success.is_some()))),
+        ),
+        (
+            "etcd_offsite_last_drill_success_timestamp_seconds",
+            "Unix time of the newest successful restore drill in the target; absent when there is none",
+            |c| c.last_drill_success.map(seconds),
+        ),
+        (
+            "etcd_offsite_stale",
+            "1 when status --all-clusters found the cluster older than the limits it was given (--max-age, --max-drill-age), else 0",
+            |c| Some(f64::from(u8::from(c.stale))),
+        ),
+    ];
+    for (name, help, field) in fields {
+        let values: Vec<(&str, f64)> = fleet
+            .iter()
+            .filter_map(|c| field(c).map(|v| (c.cluster.as_str(), v)))
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        out.family(name, "gauge", help);
+        for (cluster, value) in values {
+            out.sample(name, &[("cluster", cluster), ("command", "status")], value);
+        }
     }
 }
 

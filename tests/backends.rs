@@ -732,31 +732,6 @@ fn split_target_snapshot_in_s3_keys_in_azure() {
 
 // ------------------------------------------------------------------ proxy
 
-/// The command with the proxy environment replaced.
-fn with_proxy_env<'c>(
-    cmd: &'c mut Command,
-    proxy: &str,
-    no_proxy: Option<&str>,
-) -> &'c mut Command {
-    for var in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HTTPS_PROXY", proxy).env("HTTP_PROXY", proxy);
-    if let Some(no_proxy) = no_proxy {
-        cmd.env("NO_PROXY", no_proxy);
-    }
-    cmd
-}
-
 /// The destination port of every logged proxy request (`CONNECT h:p` or `METHOD http://h:p/...`).
 fn proxied_ports(lines: &[String]) -> Vec<u16> {
     lines

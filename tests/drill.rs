@@ -123,24 +123,6 @@ fn drill(fx: &Fixture, config: &Path, id: Option<&str>) -> std::process::Output 
     run(&mut drill_cmd(fx, config, id))
 }
 
-/// A metrics textfile read by Prometheus' own text parser (as node_exporter reads it):
-/// `name{label=value,...}` to value.
-fn prometheus_samples(path: &Path) -> std::collections::BTreeMap<String, f64> {
-    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\nfor f in text_string_to_metric_families(open(sys.argv[1]).read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n        print(s.name + ('{' + labels + '}' if labels else ''), s.value)\n";
-    let out = run_ok(
-        std::process::Command::new("python3")
-            .args(["-c", script])
-            .arg(path),
-    );
-    stdout_str(&out)
-        .lines()
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe_output(out)))

@@ -11,23 +11,6 @@ use std::time::{Duration, Instant};
 use common::fixture::Fixture;
 use common::*;
 
-/// `promtool check metrics` reads the text format 0.0.4 with Prometheus' parser and lints
-/// it (counter names, HELP lines); it must pass without a word.
-fn promtool_check_metrics(path: &Path) {
-    let text = std::fs::read(path).unwrap();
-    let out = run_with_stdin(
-        std::process::Command::new("promtool").args(["check", "metrics"]),
-        &text,
-    );
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics {}:\n{}\n{}",
-        path.display(),
-        describe_output(&out),
-        String::from_utf8_lossy(&text)
-    );
-}
-
 /// The value of the one sample `name{labels}` (labels exactly as rendered) in `text`.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -16,6 +16,12 @@ use crate::settings::{CommandSettings, Settings};
 
 /// Runs the resolved command, then writes `--metrics-textfile` when asked.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    if let CommandSettings::Status(args) = &settings.command
+        && args.all_clusters
+    {
+        // Per-cluster metrics from the same reads as its output.
+        return status::fleet(&settings.config, args, settings.metrics_textfile.as_deref()).await;
+    }
     let started = std::time::Instant::now();
     let outcome = dispatch(&settings).await;
     if let Some(path) = &settings.metrics_textfile {

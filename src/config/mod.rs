@@ -249,14 +249,19 @@ fn validate_durations(raw: &RawConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
-    let ok = !cluster.is_empty()
+/// A name that can be a cluster's key prefix: 1-63 letters, digits, '-', '_' or '.', not
+/// starting with '.' (also how a fleet view tells cluster prefixes from other names).
+pub fn is_cluster_name(cluster: &str) -> bool {
+    !cluster.is_empty()
         && cluster.len() <= 63
         && cluster
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !cluster.starts_with('.');
-    if ok {
+        && !cluster.starts_with('.')
+}
+
+fn validate_cluster(cluster: &str) -> Result<(), ConfigError> {
+    if is_cluster_name(cluster) {
         Ok(())
     } else {
         Err(ConfigError::new(

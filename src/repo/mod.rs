@@ -13,6 +13,7 @@
 mod catalog;
 pub mod clock;
 mod delete;
+mod fleet;
 pub mod layout;
 mod lock;
 mod trust;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{Catalog, Entry, ManifestProblem, Standing, future_dated};
 pub use clock::StoreClock;
 pub use delete::DeleteError;
+pub use fleet::Freshness;
 use layout::Layout;
 pub use lock::BackupLock;
 pub use trust::Signature;
@@ -45,6 +47,7 @@ use crate::signing::{Signer, SigningConfig};
 use crate::store::{StoreError, StoreErrorKind, StoredObject, Target, Upload, same_location};
 
 /// The two targets of a repository (often one store).
+#[derive(Clone)]
 pub(crate) struct Sides {
     snapshot: Target,
     static_resources: Target,
@@ -243,19 +246,36 @@ impl Repository {
         now: DateTime<Utc>,
         stop_at_damaged: bool,
     ) -> anyhow::Result<Result<Entry, Vec<String>>> {
-        let listing = catalog::list(&self.sides.snapshot, &self.layout).await?;
+        let mut entries = catalog::list(&self.sides.snapshot, &self.layout)
+            .await?
+            .entries;
+        Ok(
+            match self
+                .first_trusted(&mut entries, now, stop_at_damaged)
+                .await?
+            {
+                (Some(i), _) => Ok(entries.swap_remove(i)),
+                (None, passed_over) => Err(passed_over),
+            },
+        )
+    }
+
+    /// Classifies `entries` (newest first) in order until a trusted one: its index, and
+    /// what was passed over on the way.
+    async fn first_trusted(
+        &self,
+        entries: &mut [Entry],
+        now: DateTime<Utc>,
+        stop_at_damaged: bool,
+    ) -> anyhow::Result<(Option<usize>, Vec<String>)> {
         let mut passed_over = Vec::new();
-        for mut entry in listing.entries.into_iter().filter(Entry::has_manifest) {
-            catalog::classify(
-                &mut entry,
-                &self.sides.snapshot,
-                &self.layout,
-                &self.trust,
-                now,
-            )
-            .await;
+        for (i, entry) in entries.iter_mut().enumerate() {
+            if !entry.has_manifest() {
+                continue;
+            }
+            catalog::classify(entry, &self.sides.snapshot, &self.layout, &self.trust, now).await;
             match &entry.standing {
-                Standing::Trusted => return Ok(Ok(entry)),
+                Standing::Trusted => return Ok((Some(i), passed_over)),
                 Standing::Incomplete => {}
                 Standing::Damaged(problem) if stop_at_damaged && !self.trust.enforced() => {
                     return Err(IntegrityError(format!(
@@ -278,7 +298,7 @@ impl Repository {
                 }
             }
         }
-        Ok(Err(passed_over))
+        Ok((None, passed_over))
     }
 
     /// The whole manifest of the selected backup, for commands that act on its contents.

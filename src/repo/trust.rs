@@ -10,7 +10,7 @@ use crate::store::{StoreError, StoreErrorKind, Target};
 use super::layout::signature_of;
 
 /// What the repository trusts, and the key it signs with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Trust {
     allowed: Option<AllowedSigners>,
     /// `signing.key`: loaded when first needed (a host that only reads has no key).

@@ -14,6 +14,41 @@ pub fn is_staging(name: &str) -> bool {
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The directories directly below `root/dir_key` (none when it does not exist), sorted.
+/// Symbolic links and names that are not UTF-8 are skipped with a warning.
+pub fn subdirectories(root: &Path, dir_key: &str) -> io::Result<Vec<String>> {
+    let mut dir = root.to_path_buf();
+    for part in dir_key.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file_type = entry.file_type()?;
+        if file_type.is_symlink() {
+            tracing::warn!(path = %entry.path().display(), "skipped: a symbolic link inside the target is never followed");
+            continue;
+        }
+        if !file_type.is_dir() {
+            continue;
+        }
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            Err(_) => {
+                tracing::warn!(path = %entry.path().display(), "skipped a name that is not UTF-8: not a directory etcd-offsite wrote")
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Every regular file below `root/dir_key` (staging files included), keys relative to
 /// `root`. Symbolic links and names that are not UTF-8 are skipped with a warning; a
 /// subdirectory that cannot be read is skipped with a warning too.

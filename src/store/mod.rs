@@ -461,6 +461,42 @@ impl Target {
             .await
     }
 
+    /// The names of the "directories" directly below `dir` (a delimiter listing: one
+    /// request per 1,000 names on S3, whatever lies below them). On file:// targets only
+    /// real directories count: symbolic links and names that are not UTF-8 are skipped.
+    pub async fn list_prefixes(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        self.again_if_cut_short(|| self.list_prefixes_once(dir))
+            .await
+    }
+
+    async fn list_prefixes_once(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let fail = |reason: String| StoreError {
+            kind: StoreErrorKind::Other,
+            op: "list",
+            location: format!("{}/{dir}", self.url()),
+            reason,
+        };
+        if let Some(root) = &self.local_dir {
+            let root = root.clone();
+            let dir_key = dir.trim_matches('/').to_string();
+            return tokio::task::spawn_blocking(move || local::subdirectories(&root, &dir_key))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.to_string()));
+        }
+        let prefix = self.path(dir);
+        let listed = self
+            .store
+            .list_with_delimiter((!prefix.as_ref().is_empty()).then_some(&prefix))
+            .await
+            .map_err(|e| self.error("list", dir, &e))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
     /// Deletes an object; one that is already gone is not an error. A conflict (HTTP 409:
     /// an Azure blob under an immutability policy or a lease) is a refusal, [`StoreErrorKind::Denied`].
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {

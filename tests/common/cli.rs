@@ -184,3 +184,65 @@ pub fn manifests_below(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.ends_with("manifest.json"))
         .collect()
 }
+
+// ------------------------------------------------------------------ proxies and metrics
+
+/// The command with the proxy environment replaced.
+pub fn with_proxy_env<'c>(
+    cmd: &'c mut Command,
+    proxy: &str,
+    no_proxy: Option<&str>,
+) -> &'c mut Command {
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HTTPS_PROXY", proxy).env("HTTP_PROXY", proxy);
+    if let Some(no_proxy) = no_proxy {
+        cmd.env("NO_PROXY", no_proxy);
+    }
+    cmd
+}
+
+/// A metrics textfile read by Prometheus' own text parser (as node_exporter reads it):
+/// `name{label=value,...}` to value.
+pub fn prometheus_samples(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\nfor f in text_string_to_metric_families(open(sys.argv[1]).read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n        print(s.name + ('{' + labels + '}' if labels else ''), s.value)\n";
+    let out = run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(path),
+    );
+    stdout_str(&out)
+        .lines()
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `promtool check metrics` reads the text format 0.0.4 with Prometheus' parser and lints
+/// it (counter names, HELP lines); it must pass without a word.
+pub fn promtool_check_metrics(path: &Path) {
+    let text = std::fs::read(path).unwrap();
+    let out = run_with_stdin(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        &text,
+    );
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics {}:\n{}\n{}",
+        path.display(),
+        describe_output(&out),
+        String::from_utf8_lossy(&text)
+    );
+}
