@@ -127,8 +127,51 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub selection: Selection,
     /// Directory to write snapshot_<ts>.db and static_kuberesources_<ts>.tar.gz into.
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub to: Option<PathBuf>,
+    /// Write an etcd member data directory instead, with the stock `etcdutl snapshot
+    /// restore` (`etcdctl` on 3.4): DIR must be empty or absent (e.g. /var/lib/etcd).
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires_all = ["name", "initial_cluster", "initial_advertise_peer_urls"],
+        conflicts_with = "snapshot_only"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: the member's name (etcd --name).
+    #[arg(long, requires = "data_dir")]
+    pub name: Option<String>,
+    /// With --data-dir: the restored cluster, `NAME=PEER_URL,...` (etcd --initial-cluster).
+    #[arg(long, requires = "data_dir")]
+    pub initial_cluster: Option<String>,
+    /// With --data-dir: this member's peer URLs (etcd --initial-advertise-peer-urls).
+    #[arg(long, requires = "data_dir")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// With --data-dir: the restored cluster's token (the same on every member; etcd's
+    /// default `etcd-cluster` when left out).
+    #[arg(long, requires = "data_dir")]
+    pub initial_cluster_token: Option<String>,
+    /// With --data-dir: add N to the restored revision (what OpenShift's restore pod does),
+    /// so that clients' watches and caches see every key as changed; needs --mark-compacted.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..),
+        requires_all = ["data_dir", "mark_compacted"]
+    )]
+    pub bump_revision: Option<u64>,
+    /// With --bump-revision: mark the bumped revision compacted, so that watches from an
+    /// older revision fail and clients relist (etcd takes one flag only with the other).
+    #[arg(long, requires_all = ["data_dir", "bump_revision"])]
+    pub mark_compacted: bool,
+    /// With --data-dir: directory with the etcd release to restore with (`etcdutl`, or a
+    /// 3.4 `etcdctl`) instead of those on PATH: use the release the cluster runs.
+    #[arg(long, value_name = "DIR", requires = "data_dir")]
+    pub etcd_bin_dir: Option<PathBuf>,
     /// age identity files (the snapshot's and the static resources').
     #[arg(long = "identity", short = 'i', required = true)]
     pub identities: Vec<PathBuf>,

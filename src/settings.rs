@@ -86,11 +86,30 @@ pub struct VerifySettings {
 
 pub struct RestoreSettings {
     pub selection: Selection,
-    pub to: PathBuf,
+    pub into: RestoreInto,
     pub identities: Identities,
     pub expect_version: Option<String>,
     pub force: bool,
-    pub snapshot_only: bool,
+}
+
+/// What `restore` writes.
+pub enum RestoreInto {
+    /// The `snapshot_<ts>.db` + `static_kuberesources_<ts>.tar.gz` pair (or the snapshot
+    /// alone) in a directory.
+    Pair { to: PathBuf, snapshot_only: bool },
+    /// An etcd member data directory, written by `etcdutl snapshot restore`.
+    DataDir(MemberRestore),
+}
+
+pub struct MemberRestore {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_advertise_peer_urls: String,
+    pub initial_cluster_token: Option<String>,
+    /// `--bump-revision N` (with `--mark-compacted`, which etcd requires with it).
+    pub bump_revision: Option<u64>,
+    pub etcd_bin_dir: Option<PathBuf>,
 }
 
 pub struct PruneSettings {
@@ -156,11 +175,27 @@ impl Settings {
             }),
             Command::Restore(args) => CommandSettings::Restore(RestoreSettings {
                 selection: selection(args.selection.id),
-                to: args.to,
+                into: match (args.data_dir, args.to) {
+                    (Some(data_dir), _) => RestoreInto::DataDir(MemberRestore {
+                        data_dir,
+                        // clap requires these with --data-dir.
+                        name: args.name.unwrap_or_default(),
+                        initial_cluster: args.initial_cluster.unwrap_or_default(),
+                        initial_advertise_peer_urls: args
+                            .initial_advertise_peer_urls
+                            .unwrap_or_default(),
+                        initial_cluster_token: args.initial_cluster_token,
+                        bump_revision: args.bump_revision,
+                        etcd_bin_dir: args.etcd_bin_dir,
+                    }),
+                    (None, to) => RestoreInto::Pair {
+                        to: to.unwrap_or_default(),
+                        snapshot_only: args.snapshot_only,
+                    },
+                },
                 identities: Identities::load(&args.identities)?,
                 expect_version: args.expect_version,
                 force: args.force,
-                snapshot_only: args.snapshot_only,
             }),
             Command::Prune(args) => CommandSettings::Prune(PruneSettings {
                 policy: config.retention.clone().ok_or_else(|| {

@@ -87,7 +87,7 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    tracing::info!(etcd = %tools.etcd.display(), restore = %tools.restore.display(), version = %tools.version, "drill tools");
+    tracing::info!(etcd = %tools.etcd.display(), restore = %tools.restore.path.display(), version = %tools.version, "drill tools");
     let size = manifest.artifacts.snapshot.plaintext.size;
     // The snapshot, and etcd's restored copy of it, plus room for etcd's WAL.
     let scratch = ScratchDir::create(

@@ -19,52 +19,156 @@ pub struct CannotRun(pub String);
 #[derive(Debug, Clone)]
 pub struct EtcdTools {
     pub etcd: PathBuf,
-    /// `etcdutl` where it exists (3.5 deprecates `etcdctl snapshot restore`, 3.6 removes
-    /// it), else `etcdctl` (3.4), for `snapshot restore`.
-    pub restore: PathBuf,
+    pub restore: RestoreTool,
     /// What `etcd --version` printed (`3.5.1`).
     pub version: String,
+}
+
+/// Where the etcd tools are looked for, for messages.
+fn place(bin_dir: Option<&Path>) -> String {
+    bin_dir.map_or("on PATH".to_string(), |dir| {
+        format!("in {} (--etcd-bin-dir)", dir.display())
+    })
+}
+
+/// `name` in `bin_dir` (only there), or on PATH.
+fn lookup(bin_dir: Option<&Path>, name: &str) -> Option<PathBuf> {
+    match bin_dir {
+        Some(dir) => Some(dir.join(name)).filter(|p| p.is_file()),
+        None => which(name),
+    }
 }
 
 impl EtcdTools {
     /// Finds the tools in `bin_dir` (only there), or on PATH.
     pub fn find(bin_dir: Option<&Path>) -> Result<Self, CannotRun> {
-        let place = bin_dir.map_or("on PATH".to_string(), |dir| {
-            format!("in {} (--etcd-bin-dir)", dir.display())
-        });
-        let lookup = |name: &str| match bin_dir {
-            Some(dir) => Some(dir.join(name)).filter(|p| p.is_file()),
-            None => which(name),
-        };
-        let etcd = lookup("etcd").ok_or_else(|| {
+        let etcd = lookup(bin_dir, "etcd").ok_or_else(|| {
             CannotRun(format!(
-                "no `etcd` binary {place}; install etcd (Debian: etcd-server) on the drill host, or point --etcd-bin-dir at a directory with etcd and etcdutl"
+                "no `etcd` binary {}; install etcd (Debian: etcd-server) on the drill host, or point --etcd-bin-dir at a directory with etcd and etcdutl",
+                place(bin_dir)
             ))
         })?;
         let version = tool_version(&etcd, &["--version"], "etcd Version:")?;
-        let restore = match lookup("etcdutl") {
-            Some(etcdutl) => etcdutl,
-            None => {
-                let etcdctl = lookup("etcdctl").ok_or_else(|| {
-                    CannotRun(format!(
-                        "neither `etcdutl` nor `etcdctl` is {place}; the drill restores the snapshot with `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4): install etcd's tools (Debian: etcd-client) or pass --etcd-bin-dir"
-                    ))
-                })?;
-                let ctl = tool_version(&etcdctl, &["version"], "etcdctl version:")?;
-                if !older_than(&ctl, "3.6.0") {
-                    return Err(CannotRun(format!(
-                        "{} is etcdctl {ctl}, which has no `snapshot restore` (removed in 3.6); the drill needs `etcdutl` {place}: install it next to etcd, or pass --etcd-bin-dir",
-                        etcdctl.display()
-                    )));
-                }
-                etcdctl
-            }
-        };
         Ok(Self {
             etcd,
-            restore,
+            restore: RestoreTool::find(bin_dir)?,
             version,
         })
+    }
+}
+
+/// The stock tool that turns a snapshot into a member data directory: `etcdutl` where it
+/// exists (3.5 deprecates `etcdctl snapshot restore`, 3.6 removes it), else a 3.4 `etcdctl`.
+#[derive(Debug, Clone)]
+pub struct RestoreTool {
+    pub path: PathBuf,
+    /// The tool's own release (`etcdutl version`, `etcdctl version`).
+    pub version: String,
+}
+
+/// The member a restore writes, as `snapshot restore` takes it.
+#[derive(Debug, Clone)]
+pub struct MemberSpec<'a> {
+    pub data_dir: &'a Path,
+    pub name: &'a str,
+    pub initial_cluster: &'a str,
+    pub initial_advertise_peer_urls: &'a str,
+    pub initial_cluster_token: Option<&'a str>,
+    /// `--bump-revision N --mark-compacted` (etcd takes one only with the other).
+    pub bump_revision: Option<u64>,
+}
+
+impl RestoreTool {
+    /// Finds `etcdutl`, else `etcdctl` older than 3.6, in `bin_dir` (only there) or on PATH.
+    pub fn find(bin_dir: Option<&Path>) -> Result<Self, CannotRun> {
+        if let Some(etcdutl) = lookup(bin_dir, "etcdutl") {
+            let version = tool_version(&etcdutl, &["version"], "etcdutl version:")?;
+            return Ok(Self {
+                path: etcdutl,
+                version,
+            });
+        }
+        let place = place(bin_dir);
+        let etcdctl = lookup(bin_dir, "etcdctl").ok_or_else(|| {
+            CannotRun(format!(
+                "neither `etcdutl` nor `etcdctl` is {place}; a snapshot is restored with `etcdutl snapshot restore` (etcd 3.5+) or `etcdctl snapshot restore` (3.4): install etcd's tools (Debian: etcd-client) or pass --etcd-bin-dir"
+            ))
+        })?;
+        let version = tool_version(&etcdctl, &["version"], "etcdctl version:")?;
+        if !older_than(&version, "3.6.0") {
+            return Err(CannotRun(format!(
+                "{} is etcdctl {version}, which has no `snapshot restore` (removed in 3.6); `etcdutl` is needed {place}: install it next to etcd, or pass --etcd-bin-dir",
+                etcdctl.display()
+            )));
+        }
+        Ok(Self {
+            path: etcdctl,
+            version,
+        })
+    }
+
+    /// Refuses when the tool lacks `--bump-revision` and `--mark-compacted` (added in etcd
+    /// 3.5.10 and 3.4.27), read from its own help rather than guessed from its version.
+    pub fn check_bump_revision(&self) -> Result<(), CannotRun> {
+        let help = Command::new(&self.path)
+            .args(["snapshot", "restore", "--help"])
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CannotRun(format!("cannot run {}: {e}", self.path.display())))?;
+        let text = [help.stdout, help.stderr].concat();
+        let text = String::from_utf8_lossy(&text);
+        if text.contains("--bump-revision") && text.contains("--mark-compacted") {
+            Ok(())
+        } else {
+            Err(CannotRun(format!(
+                "{} ({}) has no --bump-revision / --mark-compacted: they came with etcd 3.5.10 (etcdutl, etcdctl) and 3.4.27 (etcdctl); point --etcd-bin-dir at the cluster's own etcd release, or restore without --bump-revision",
+                self.path.display(),
+                self.version
+            )))
+        }
+    }
+
+    /// `snapshot restore SNAPSHOT` into `member.data_dir` (which must not exist yet). The
+    /// child gets no environment of this process (credentials stay here). Errors carry
+    /// the tool's last words.
+    pub fn restore(&self, snapshot: &Path, member: &MemberSpec<'_>) -> Result<(), String> {
+        let mut cmd = Command::new(&self.path);
+        cmd.env_clear()
+            .env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(member.data_dir)
+            .arg("--name")
+            .arg(member.name)
+            .arg("--initial-cluster")
+            .arg(member.initial_cluster)
+            .arg("--initial-advertise-peer-urls")
+            .arg(member.initial_advertise_peer_urls);
+        if let Some(token) = member.initial_cluster_token {
+            cmd.arg("--initial-cluster-token").arg(token);
+        }
+        if let Some(bump) = member.bump_revision {
+            cmd.arg("--bump-revision")
+                .arg(bump.to_string())
+                .arg("--mark-compacted");
+        }
+        let restored = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
+        if restored.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{} snapshot restore` refused the snapshot: {}",
+                self.path.display(),
+                last_line(&restored.stderr)
+            ))
+        }
     }
 }
 
@@ -124,22 +228,57 @@ impl ScratchDir {
     /// Creates `<parent>/etcd-offsite-drill-<id>-<pid>` after checking that `parent` has
     /// room for `needed` bytes.
     pub fn create(parent: &Path, id: &str, needed: u64) -> Result<Self, CannotRun> {
-        let stat = rustix::fs::statvfs(parent).map_err(|e| {
-            CannotRun(format!(
-                "scratch directory {}: {e}; pass --scratch-dir",
-                parent.display()
-            ))
-        })?;
+        let name = format!("etcd-offsite-drill-{id}-{}", std::process::id());
+        Self::make(
+            parent,
+            &name,
+            needed,
+            "the drill",
+            "pass --scratch-dir on a larger disk",
+        )
+    }
+
+    /// Creates a hidden private directory beside `dir` (on its filesystem, so what is
+    /// written there moves into `dir` by rename) after checking room for `needed` bytes.
+    pub fn beside(dir: &Path, needed: u64) -> Result<Self, CannotRun> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = format!(
+            ".{}.etcd-offsite-{}",
+            dir.file_name()
+                .map_or("restore".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        );
+        Self::make(
+            parent,
+            &name,
+            needed,
+            "the restore",
+            "free space there or restore on a larger disk",
+        )
+    }
+
+    fn make(
+        parent: &Path,
+        name: &str,
+        needed: u64,
+        what: &str,
+        fix: &str,
+    ) -> Result<Self, CannotRun> {
+        let stat = rustix::fs::statvfs(parent)
+            .map_err(|e| CannotRun(format!("directory {}: {e}", parent.display())))?;
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
         if free < needed {
             return Err(CannotRun(format!(
-                "{} has {} free, the drill needs about {} (the snapshot and a restored copy); pass --scratch-dir on a larger disk",
+                "{} has {} free, {what} needs about {} (the snapshot and a restored copy); {fix}",
                 parent.display(),
                 bytesize::ByteSize(free).display().iec_short(),
                 bytesize::ByteSize(needed).display().iec_short()
             )));
         }
-        let path = parent.join(format!("etcd-offsite-drill-{id}-{}", std::process::id()));
+        let path = parent.join(name);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -154,7 +293,7 @@ use std::os::unix::fs::DirBuilderExt;
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the drill's scratch directory");
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove a scratch directory");
         }
     }
 }
@@ -182,27 +321,17 @@ impl ScratchEtcd {
         let peer = format!("http://127.0.0.1:{peer_port}");
         let endpoint = format!("http://127.0.0.1:{client_port}");
         let data = scratch.join("data");
-        let restored = Command::new(&tools.restore)
-            .env("ETCDCTL_API", "3")
-            .arg("snapshot")
-            .arg("restore")
-            .arg(snapshot)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--name", "drill", "--initial-cluster"])
-            .arg(format!("drill={peer}"))
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", tools.restore.display()))?;
-        if !restored.status.success() {
-            return Err(format!(
-                "`{} snapshot restore` refused the snapshot: {}",
-                tools.restore.display(),
-                last_line(&restored.stderr)
-            ));
-        }
+        tools.restore.restore(
+            snapshot,
+            &MemberSpec {
+                data_dir: &data,
+                name: "drill",
+                initial_cluster: &format!("drill={peer}"),
+                initial_advertise_peer_urls: &peer,
+                initial_cluster_token: None,
+                bump_revision: None,
+            },
+        )?;
         let log = scratch.join("etcd.log");
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;

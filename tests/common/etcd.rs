@@ -353,6 +353,32 @@ impl EtcdServer {
         e
     }
 
+    /// Starts `version`'s etcd as member `name` on a data dir that something else restored
+    /// (the member's stored membership wins over the fresh ports it listens on).
+    pub fn start_version_on_data_dir(
+        version: EtcdVersion,
+        name: &str,
+        data_dir: &Path,
+    ) -> EtcdServer {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-on-data-dir-")
+            .tempdir()
+            .expect("tempdir");
+        let mut e = EtcdServer {
+            svc: None,
+            version,
+            name: name.into(),
+            client_port: 0,
+            peer_port: 0,
+            data_dir: data_dir.to_path_buf(),
+            tls: None,
+            extra_args: vec![],
+            dir,
+        };
+        e.boot(true, None);
+        e
+    }
+
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
