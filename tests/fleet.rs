@@ -282,3 +282,13 @@ fn clusters_in_a_directory_with_drills_and_a_planted_link() {
         "{stdout}"
     );
 }
+
+/// The fleet's PrometheusRule is valid, and each alert fires when it should and not
+/// otherwise (tests/support/fleet_alerts_test.yaml).
+#[test]
+fn the_fleet_prometheus_rules_fire_when_they_should_and_only_then() {
+    promtool_test_rules(
+        "examples/monitoring/fleet-prometheusrule.yaml",
+        "fleet_alerts_test.yaml",
+    );
+}

@@ -246,3 +246,55 @@ pub fn promtool_check_metrics(path: &Path) {
         String::from_utf8_lossy(&text)
     );
 }
+
+/// `promtool check rules` on the PrometheusRule at `rules` (relative to the crate), then
+/// `promtool test rules` with `tests/support/CASES_FILE` (which loads it as `rules.yaml`):
+/// every alert must be tested firing and not firing.
+pub fn promtool_test_rules(rules: &str, cases_file: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rules)).unwrap();
+    let resource: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(resource["kind"], "PrometheusRule");
+    let mut spec = resource["spec"].clone();
+    let full = dir.path().join("full.yaml");
+    std::fs::write(&full, serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
+    run_ok(
+        std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&full),
+    );
+    let groups = spec["groups"].as_sequence_mut().unwrap();
+    let mut alerts = Vec::new();
+    for group in groups {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            alerts.push(rule["alert"].as_str().unwrap().to_string());
+            rule.as_mapping_mut().unwrap().remove("annotations");
+        }
+    }
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml_ng::to_string(&spec).unwrap(),
+    )
+    .unwrap();
+    let tests = support_dir().join(cases_file);
+    let cases = std::fs::read_to_string(&tests).unwrap();
+    // Every alert is tested both ways: expected somewhere, and `exp_alerts: []` somewhere.
+    for alert in &alerts {
+        assert!(
+            cases.contains(&format!("alertname: {alert}\n"))
+                && cases.contains(&format!("alertname: {alert}, exp_alerts: []")),
+            "{alert} is not tested firing and not firing in {}",
+            tests.display()
+        );
+    }
+    std::fs::copy(&tests, dir.path().join(cases_file)).unwrap();
+    let out = run(std::process::Command::new("promtool")
+        .args(["test", "rules", cases_file])
+        .current_dir(dir.path()));
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert!(
+        stdout_str(&out).contains("SUCCESS"),
+        "{}",
+        describe_output(&out)
+    );
+}
