@@ -910,3 +910,194 @@ fn config_check_connect_against_s3_and_azure() {
         );
     }
 }
+
+// ------------------------------------------------------------------ on-prem stores and their errors
+
+/// An S3 store behind an internal CA (moto behind a loopback TLS front whose certificate
+/// a throwaway CA signed): without `ca_file` the error names it; with it, backups work.
+#[test]
+fn a_store_behind_an_internal_ca_works_with_ca_file_and_says_so_without() {
+    let moto = Moto::start();
+    moto.create_bucket("onprem");
+    let fx = Fixture::new();
+    let tls = generate_tls(&fx.path("store-ca"));
+    let front = FaultProxy::start_tls(&moto, &tls);
+    assert!(front.endpoint().starts_with("https://"));
+    let etcd = EtcdServer::start(false);
+    etcd.load(50, 100);
+    let source = fx.etcd_source_for(&etcd);
+    let target = common::fixture::s3_target_at(&front.endpoint(), "onprem", "etcd");
+
+    let without = fx.write_config(
+        "no-ca.yaml",
+        &source,
+        &format!("  snapshot: {target}\n"),
+        "",
+    );
+    let out = run_code(fx.cmd(&without).arg("list"), 1);
+    let stderr = stderr_str(&out);
+    eprintln!("without ca_file: {stderr}");
+    assert!(
+        stderr.contains("ca_file") && stderr.contains("not signed by a CA this host trusts"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let with_ca = format!(
+        "{}, ca_file: \"{}\" }}",
+        target.strip_suffix(" }").unwrap(),
+        tls.ca.display()
+    );
+    let config = fx.write_config("ca.yaml", &source, &format!("  snapshot: {with_ca}\n"), "");
+    let id = last_line(&run_ok(fx.cmd(&config).arg("backup")));
+    assert_eq!(complete_ids(&list_json(&fx, &config)), vec![id.clone()]);
+    run_ok(fx.cmd(&config).args(["verify", &id]));
+    assert!(
+        moto.list_keys("onprem", "etcd/")
+            .iter()
+            .any(|k| k.ends_with("/manifest.json")),
+        "the backup went through the TLS front into moto"
+    );
+    let out = run_ok(fx.cmd(&config).args(["config", "check", "--connect"]));
+    assert!(
+        stdout_str(&out).contains(": ok"),
+        "{}",
+        describe_output(&out)
+    );
+
+    // A ca_file that is not there, or holds no certificate: named, with the fix.
+    let missing = with_ca.replace(&tls.ca.display().to_string(), "/nonexistent/ca.pem");
+    let config = fx.write_config(
+        "missing-ca.yaml",
+        &source,
+        &format!("  snapshot: {missing}\n"),
+        "",
+    );
+    let out = run_code(fx.cmd(&config).arg("list"), 1);
+    assert!(
+        stderr_str(&out).contains("ca_file /nonexistent/ca.pem: cannot read it"),
+        "{}",
+        describe_output(&out)
+    );
+    let not_pem = with_ca.replace(
+        &tls.ca.display().to_string(),
+        &fx.static_dir
+            .join("configmaps/config/config.yaml")
+            .display()
+            .to_string(),
+    );
+    let config = fx.write_config(
+        "bad-ca.yaml",
+        &source,
+        &format!("  snapshot: {not_pem}\n"),
+        "",
+    );
+    let out = run_code(fx.cmd(&config).arg("list"), 1);
+    assert!(
+        stderr_str(&out).contains("holds no certificate"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+/// Each store and etcd error a new SRE meets first, as one line with the cause and the fix.
+#[test]
+fn store_and_etcd_errors_name_the_cause_and_the_fix() {
+    let moto = Moto::start();
+    moto.create_bucket("backups");
+    let fx = Fixture::new();
+    let etcd = EtcdServer::start(false);
+    let source = fx.etcd_source_for(&etcd);
+    let endpoint = moto.endpoint();
+    // (what, target, exit code, texts the one error line must hold)
+    let cases: Vec<(&str, String, i32, Vec<&str>)> = vec![
+        (
+            "missing bucket",
+            common::fixture::s3_target_at(&endpoint, "no-such-bucket", "etcd"),
+            1,
+            vec!["NoSuchBucket", "create it"],
+        ),
+        (
+            "no credentials",
+            format!(
+                "{{ url: \"s3://backups/etcd\", options: {{ aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1 }} }}"
+            ),
+            1,
+            vec![
+                "no credentials found",
+                "AWS_ACCESS_KEY_ID",
+                "aws_access_key_id",
+            ],
+        ),
+        (
+            "http without allow_http",
+            format!(
+                "{{ url: \"s3://backups/etcd\", options: {{ aws_endpoint: \"{endpoint}\", aws_region: us-east-1 }} }}"
+            ),
+            2,
+            vec![
+                "targets.snapshot.options.aws_endpoint",
+                "plain HTTP",
+                "aws_allow_http: \"true\"",
+            ],
+        ),
+        (
+            "invalid bucket name",
+            common::fixture::s3_target_at(&endpoint, "Etcd_BK", "etcd"),
+            2,
+            vec![
+                "targets.snapshot.url",
+                "\"Etcd_BK\" is not a valid name for an S3 bucket",
+                "lowercase",
+            ],
+        ),
+        (
+            "relative ca_file",
+            "{ url: \"s3://backups/etcd\", ca_file: ca.pem }".to_string(),
+            2,
+            vec!["targets.snapshot.ca_file", "absolute path"],
+        ),
+    ];
+    for (what, target, code, texts) in cases {
+        let config = fx.write_config("bad.yaml", &source, &format!("  snapshot: {target}\n"), "");
+        let mut cmd = fx.cmd(&config);
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
+            cmd.env_remove(name);
+        }
+        let out = run(cmd.arg("list"));
+        let stderr = stderr_str(&out);
+        eprintln!("{what}: {stderr}");
+        assert_eq!(exit_code(&out), code, "{what}: {}", describe_output(&out));
+        assert_eq!(stderr.lines().count(), 1, "{what}: one line: {stderr}");
+        for text in texts {
+            assert!(stderr.contains(text), "{what}: {text:?} in {stderr}");
+        }
+        assert!(
+            !stderr.contains('<') && !stderr.contains("169.254"),
+            "{what}: {stderr}"
+        );
+    }
+
+    // An etcd nobody listens on (plain and TLS): one line, the reason and what to check.
+    let tls = generate_tls(&fx.path("etcd-tls"));
+    for (scheme, tls) in [("http", None), ("https", Some(&tls))] {
+        let dead = fx.write_config(
+            "dead.yaml",
+            &fx.etcd_source(&[format!("{scheme}://127.0.0.1:{}", free_port())], tls),
+            &format!("  snapshot: {}\n", s3_target(&moto, "backups", "etcd")),
+            "",
+        );
+        let out = run_code(fx.cmd(&dead).arg("backup"), 1);
+        let stderr = stderr_str(&out);
+        eprintln!("dead etcd ({scheme}): {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains("connect") && errors[0].contains("source.etcd.endpoints"),
+            "{stderr}"
+        );
+        for debug in ["tonic", "ConnectError", "Transport,", "Os {", "Error("] {
+            assert!(!stderr.contains(debug), "{debug} in {stderr}");
+        }
+    }
+}

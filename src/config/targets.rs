@@ -26,12 +26,16 @@ pub const DEFAULT_LOCK_STALE_AFTER: Duration = Duration::from_secs(180);
 pub const MAX_LOCK_STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A storage URL and object_store options (validated keys; values may be secrets).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub url: String,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// PEM file of the CAs this target's TLS certificate may be signed by (an on-prem
+    /// store behind an internal CA), trusted in addition to the system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for TargetConfig {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for TargetConfig {
         f.debug_struct("TargetConfig")
             .field("url", &self.url)
             .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -147,6 +152,128 @@ fn validate_target(key: &str, target: &TargetConfig) -> Result<(), ConfigError> 
             "the bucket or container is missing, e.g. s3://BUCKET/etcd",
         ));
     }
+    if let Some(problem) = bucket_problem(url.scheme(), url.host_str().unwrap_or_default()) {
+        return Err(ConfigError::new(format!("{key}.url"), problem));
+    }
+    check_plain_http(key, url.scheme(), target)?;
+    if let Some(ca_file) = &target.ca_file {
+        if url.scheme() == "file" {
+            return Err(ConfigError::new(
+                format!("{key}.ca_file"),
+                "file:// targets use no TLS; remove `ca_file`",
+            ));
+        }
+        if !ca_file.is_absolute() {
+            return Err(ConfigError::new(
+                format!("{key}.ca_file"),
+                format!(
+                    "{} is not an absolute path; name the CA bundle (PEM) by its full path, e.g. /etc/pki/tls/certs/internal-ca.pem",
+                    ca_file.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `name` cannot be a bucket (container) of `scheme`'s store, by the provider's
+/// naming rules (S3 general purpose buckets; GCS; Azure Blob containers). S3-compatible
+/// stores (MinIO, Ceph RGW, NooBaa) apply S3's rules.
+fn bucket_problem(scheme: &str, name: &str) -> Option<String> {
+    let (what, allowed, max): (&str, fn(char) -> bool, usize) = match scheme {
+        "s3" => (
+            "an S3 bucket",
+            |c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '-'),
+            63,
+        ),
+        "gs" => (
+            "a GCS bucket",
+            |c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'),
+            222,
+        ),
+        "az" | "azure" => (
+            "an Azure container",
+            |c| matches!(c, 'a'..='z' | '0'..='9' | '-'),
+            63,
+        ),
+        _ => return None,
+    };
+    let rules = match scheme {
+        "s3" => {
+            "3-63 characters: lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        }
+        "gs" => {
+            "3-63 characters (222 with dots): lowercase letters, digits, hyphens, underscores and dots, starting and ending with a letter or digit"
+        }
+        _ => {
+            "3-63 characters: lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
+        }
+    };
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let bad = name.len() < 3
+        || name.len() > max
+        || !name.chars().all(allowed)
+        || !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+        || name.contains("..")
+        || (scheme == "gs" && name.split('.').any(|part| part.len() > 63))
+        || (scheme == "s3" && name.parse::<std::net::Ipv4Addr>().is_ok())
+        || (matches!(scheme, "az" | "azure") && name.contains("--"));
+    bad.then(|| format!("{name:?} is not a valid name for {what}: {rules}"))
+}
+
+/// An endpoint given as `http://` is refused by the store client unless `allow_http` is
+/// set; say so when the config is loaded, not as a "builder error" at the first request.
+fn check_plain_http(key: &str, scheme: &str, target: &TargetConfig) -> Result<(), ConfigError> {
+    use object_store::ClientConfigKey::AllowHttp;
+    use object_store::aws::AmazonS3ConfigKey as S3;
+    use object_store::azure::AzureConfigKey as Az;
+    let truthy = |v: &str| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on");
+    let option = |wanted: &dyn Fn(&str) -> bool| {
+        target
+            .options
+            .iter()
+            .find(|(k, _)| wanted(&k.to_ascii_lowercase()))
+    };
+    let (endpoint, allow_key, env) = match scheme {
+        "s3" => (
+            option(&|k| S3::from_str(k).is_ok_and(|k| k == S3::Endpoint)),
+            option(&|k| S3::from_str(k).is_ok_and(|k| k == S3::Client(AllowHttp))),
+            "AWS_ALLOW_HTTP",
+        ),
+        "az" | "azure" => {
+            if option(&|k| Az::from_str(k).is_ok_and(|k| k == Az::UseEmulator))
+                .is_some_and(|(_, v)| truthy(v))
+            {
+                return Ok(());
+            }
+            (
+                option(&|k| Az::from_str(k).is_ok_and(|k| k == Az::Endpoint)),
+                option(&|k| Az::from_str(k).is_ok_and(|k| k == Az::Client(AllowHttp))),
+                "AZURE_ALLOW_HTTP",
+            )
+        }
+        _ => return Ok(()),
+    };
+    let Some((endpoint_key, endpoint)) = endpoint else {
+        return Ok(());
+    };
+    let allowed =
+        allow_key.is_some_and(|(_, v)| truthy(v)) || std::env::var(env).is_ok_and(|v| truthy(&v));
+    if endpoint.to_ascii_lowercase().starts_with("http://") && !allowed {
+        let allow = if scheme == "s3" {
+            "aws_allow_http"
+        } else {
+            "azure_allow_http"
+        };
+        return Err(ConfigError::new(
+            format!("{key}.options.{endpoint_key}"),
+            format!(
+                "{:?} is plain HTTP, which the store client refuses unless told: add `{allow}: \"true\"` to the options (credentials and backups then cross the network unencrypted; prefer https:// with `ca_file` for an internal CA)",
+                crate::store::redact_url(endpoint)
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -165,6 +292,61 @@ mod tests {
         assert_eq!(err_key(&text), "targets.snapshot.options.aws_regin");
         let text = snapshot_only().replace("  snapshot:\n    url", "  snapshots:\n    url");
         assert_eq!(err_key(&text), "targets.snapshots");
+    }
+
+    #[test]
+    fn bucket_names_follow_the_provider_rules() {
+        use super::bucket_problem;
+        for good in ["etcd-backups", "a.b.c", "abc", "x1-2"] {
+            assert_eq!(bucket_problem("s3", good), None, "{good}");
+        }
+        for bad in [
+            "Etcd_BK",
+            "ab",
+            "-abc",
+            "abc-",
+            "a..b",
+            "192.168.1.1",
+            &"a".repeat(64),
+        ] {
+            assert!(bucket_problem("s3", bad).is_some(), "{bad}");
+        }
+        assert_eq!(bucket_problem("gs", "my_bucket.example.com"), None);
+        assert!(bucket_problem("gs", &"a".repeat(64)).is_some());
+        assert_eq!(bucket_problem("az", "etcd-keys"), None);
+        for bad in ["etcd--keys", "etcd_keys", "Keys"] {
+            assert!(bucket_problem("az", bad).is_some(), "{bad}");
+        }
+        let text = snapshot_only().replace("url: file:///var/backups/etcd", "url: s3://Etcd_BK/p");
+        assert_eq!(err_key(&text), "targets.snapshot.url");
+    }
+
+    #[test]
+    fn plain_http_needs_allow_http() {
+        let with = |options: &str| {
+            snapshot_only().replace(
+                "url: file:///var/backups/etcd",
+                &format!("url: s3://etcd-b/p\n    options: {{ {options} }}"),
+            )
+        };
+        assert_eq!(
+            err_key(&with("aws_endpoint: \"http://minio:9000\"")),
+            "targets.snapshot.options.aws_endpoint"
+        );
+        for ok in [
+            "aws_endpoint: \"http://minio:9000\", aws_allow_http: \"true\"",
+            "aws_endpoint: \"https://minio:9000\"",
+        ] {
+            crate::config::parse(&with(ok), crate::config::Purpose::ReadBackups).expect(ok);
+        }
+        let text = snapshot_only().replace(
+            "url: file:///var/backups/etcd",
+            "url: az://keys/p\n    options: { azure_storage_endpoint: \"http://azurite:10000/acct\" }",
+        );
+        assert_eq!(
+            err_key(&text),
+            "targets.snapshot.options.azure_storage_endpoint"
+        );
     }
 
     #[test]

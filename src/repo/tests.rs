@@ -365,6 +365,7 @@ fn one_url_with_other_options_is_another_location() {
             ("aws_endpoint".to_string(), endpoint.to_string()),
         ]
         .into(),
+        ..Default::default()
     };
     let same = Sides::open(&s3("http://a:9000"), &s3("http://a:9000"));
     assert!(!same.unwrap().split());

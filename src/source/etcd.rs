@@ -42,7 +42,7 @@ pub struct EtcdError {
 
 /// The key counts could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("etcd {endpoint}: reading key counts at revision {revision}: {source}")]
+#[error("etcd {endpoint}: reading key counts at revision {revision}: {}", plain(.source))]
 pub struct ContentError {
     pub endpoint: String,
     pub revision: i64,
@@ -90,7 +90,7 @@ impl EtcdMember {
         let status = tokio::time::timeout(config.timeout, client.status())
             .await
             .map_err(|_| fail(format!("no status answer within {:?}", config.timeout)))?
-            .map_err(|e| fail(format!("status failed: {e}")))?;
+            .map_err(|e| fail(format!("status failed: {}", plain(&e))))?;
         // Status and Snapshot are answered locally: a member cut off from the quorum would
         // serve stale data. One that knows no leader, or reports errors, is not healthy.
         if status.leader() == 0 {
@@ -192,7 +192,7 @@ impl EtcdMember {
                         self.config.timeout
                     ))
                 })?
-                .map_err(|e| self.error(format!("reading {key} failed: {e}")))?;
+                .map_err(|e| self.error(format!("reading {key} failed: {}", plain(&e))))?;
             let state = match response.kvs().first() {
                 None => Some(format!("{name}: no ClusterOperator object")),
                 Some(kv) if kv.value().len() > OBJECT_CAP => Some(format!(
@@ -240,7 +240,7 @@ impl EtcdMember {
         let pacer = self.pacer.take().expect("pacing was just started");
         let stream = self.client.snapshot().await.map_err(|e| EtcdError {
             endpoint: self.endpoint.clone(),
-            reason: format!("snapshot failed to start: {e}"),
+            reason: format!("snapshot failed to start: {}", plain(&e)),
         })?;
         let state = StreamState {
             stream,
@@ -273,7 +273,45 @@ async fn client_for(config: &EtcdSource, endpoint: &str) -> Result<Client, EtcdE
     tokio::time::timeout(config.timeout, connect)
         .await
         .map_err(|_| fail(format!("no connection within {:?}", config.timeout)))?
-        .map_err(|e| fail(format!("cannot connect: {e}")))
+        .map_err(|e| fail(format!("cannot connect: {}", plain(&e))))
+}
+
+/// One readable line for an etcd client error: the innermost cause (the system's words,
+/// e.g. "Connection refused (os error 111)"; a gRPC status's message), never the Debug
+/// structures of the transport layers, with what to check.
+fn plain(err: &etcd_client::Error) -> String {
+    let mut innermost: &dyn std::error::Error = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let cause = (!std::ptr::addr_eq(innermost, err)).then(|| innermost.to_string());
+    let text = match (err, cause) {
+        // A status made of a transport failure: its words, then the system's.
+        (etcd_client::Error::GRpcStatus(status), Some(cause)) => {
+            format!("{}: {cause}", status.message())
+        }
+        (etcd_client::Error::GRpcStatus(status), None) => {
+            format!("{} ({:?})", status.message(), status.code())
+        }
+        (_, Some(cause)) => cause,
+        (_, None) => err.to_string(),
+    };
+    let text = text.lines().next().unwrap_or_default().trim().to_string();
+    let hint = if text.contains("Connection refused") {
+        Some("is etcd running and listening there? check source.etcd.endpoints")
+    } else if text.contains("UnknownIssuer") || text.contains("certificate") {
+        Some(
+            "check source.etcd.cacert, cert and key: the CA must have signed etcd's serving certificate",
+        )
+    } else if text.contains("dns error") || text.contains("failed to lookup") {
+        Some("the host name does not resolve; check source.etcd.endpoints")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
 }
 
 fn tls_options(config: &EtcdSource) -> Result<TlsOptions, String> {

@@ -112,15 +112,54 @@ fn retry_config() -> RetryConfig {
     }
 }
 
+/// The CAs of a target's `ca_file` (PEM), trusted in addition to the system's.
+fn root_certificates(path: &std::path::Path) -> Result<Vec<object_store::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "ca_file {}: cannot read it ({e}); mount or copy the CA bundle there",
+            path.display()
+        )
+    })?;
+    let certificates = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        format!(
+            "ca_file {}: not a PEM bundle ({})",
+            path.display(),
+            one_line(&e)
+        )
+    })?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "ca_file {}: holds no certificate; it must hold the CA's PEM (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
 macro_rules! cloud_store {
-    ($builder:ty, $key:ty, $url:expr, $options:expr) => {{
+    ($builder:ty, $key:ty, $env_prefix:expr, $url:expr, $config:expr, $certificates:expr) => {{
         // Client settings (timeouts, proxy, allow_http) come from object_store's defaults,
         // then its environment variables (AWS_*, GOOGLE_*, AZURE_*, HTTP(S)_PROXY), then
-        // the target's options.
+        // the target's options. The client options are built here so that they can carry
+        // the target's CAs: the environment's client keys are applied to them first.
+        type Key = $key;
+        let mut client = object_store::ClientOptions::new();
+        for certificate in $certificates {
+            client = client.with_root_certificate(certificate);
+        }
+        for (name, value) in std::env::vars() {
+            if !name.starts_with($env_prefix) {
+                continue;
+            }
+            if let Ok(Key::Client(key)) = Key::from_str(&name.to_ascii_lowercase()) {
+                client = client.with_config(key, value);
+            }
+        }
         let mut builder = <$builder>::from_env()
+            .with_client_options(client)
             .with_url($url)
             .with_retry(retry_config());
-        for (key, value) in $options {
+        for (key, value) in &$config.options {
             // Keys were validated when the config was loaded.
             if let Ok(key) = <$key>::from_str(&key.to_ascii_lowercase()) {
                 builder = builder.with_config(key, value.clone());
@@ -163,28 +202,47 @@ impl Target {
             }
             scheme => {
                 let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
+                // AWS_CA_BUNDLE, as the AWS CLI and SDKs read it, for S3 targets without one.
+                let aws_ca_bundle = std::env::var_os("AWS_CA_BUNDLE")
+                    .filter(|p| scheme == "s3" && !p.is_empty())
+                    .map(std::path::PathBuf::from);
+                let certificates = match config.ca_file.as_ref().or(aws_ca_bundle.as_ref()) {
+                    Some(path) => root_certificates(path).map_err(fail)?,
+                    None => Vec::new(),
+                };
+                if scheme == "s3"
+                    && let Some(problem) = s3_without_credentials(config)
+                {
+                    return Err(fail(problem));
+                }
                 let store = match scheme {
                     "s3" => cloud_store!(
                         object_store::aws::AmazonS3Builder,
                         object_store::aws::AmazonS3ConfigKey,
+                        "AWS_",
                         bucket_url,
-                        &config.options
+                        config,
+                        certificates
                     ),
                     "gs" => cloud_store!(
                         object_store::gcp::GoogleCloudStorageBuilder,
                         object_store::gcp::GoogleConfigKey,
+                        "GOOGLE_",
                         bucket_url,
-                        &config.options
+                        config,
+                        certificates
                     ),
                     "az" | "azure" => cloud_store!(
                         object_store::azure::MicrosoftAzureBuilder,
                         object_store::azure::AzureConfigKey,
+                        "AZURE_",
                         bucket_url,
-                        &config.options
+                        config,
+                        certificates
                     ),
                     other => return Err(fail(format!("unsupported scheme {other}"))),
                 }
-                .map_err(|e| fail(one_line(&e)))?;
+                .map_err(|e| fail(explain(&e)))?;
                 let prefix =
                     Path::parse(url.path().trim_matches('/')).map_err(|e| fail(one_line(&e)))?;
                 (store, prefix)
@@ -282,7 +340,7 @@ impl Target {
             kind,
             op,
             location: format!("{}/{key}", self.url()),
-            reason: one_line(err),
+            reason: explain(err),
         }
     }
 
@@ -581,6 +639,92 @@ impl Upload {
 /// EACCES/EPERM/EROFS (an immutable file, a read-only export) as the source; on S3 a key
 /// of a bulk DeleteObjects answered with code AccessDenied (IAM deny, object lock), which
 /// object_store only exposes in its message.
+/// Where the S3 client looks for credentials, for the message when it finds none.
+const S3_CREDENTIALS: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (e.g. from a Secret) or `aws_access_key_id` and `aws_secret_access_key` in the target's options; on AWS, AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN (IRSA) or an instance role also work";
+
+/// An S3 target on an endpoint of its own (MinIO, Ceph RGW, NooBaa…) with no credentials
+/// anywhere: object_store would ask AWS's instance metadata service for some and fail
+/// with its address. Say what is missing instead.
+fn s3_without_credentials(config: &TargetConfig) -> Option<String> {
+    use object_store::aws::AmazonS3ConfigKey as S3;
+    let option = |wanted: S3| {
+        config.options.iter().any(|(k, v)| {
+            !v.is_empty() && S3::from_str(&k.to_ascii_lowercase()).is_ok_and(|k| k == wanted)
+        })
+    };
+    let env = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
+    let endpoint = option(S3::Endpoint) || env("AWS_ENDPOINT") || env("AWS_ENDPOINT_URL");
+    let credentials = option(S3::AccessKeyId)
+        || env("AWS_ACCESS_KEY_ID")
+        || option(S3::SkipSignature)
+        || env("AWS_SKIP_SIGNATURE")
+        || env("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || env("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    (endpoint && !credentials).then(|| format!("no credentials found: {S3_CREDENTIALS}"))
+}
+
+/// One line for a store error: what the server said (the S3 error code from the response
+/// body) and what to do about it. Never the body itself, nor a URL's query.
+pub fn explain(err: &object_store::Error) -> String {
+    let line = one_line(err);
+    let mut text = err.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        text.push_str(" | ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    let code = text
+        .split("<Code>")
+        .nth(1)
+        .and_then(|rest| rest.split("</Code>").next())
+        .or_else(|| {
+            text.split("(code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+        })
+        .filter(|c| !c.is_empty() && c.len() < 64 && c.chars().all(|c| c.is_ascii_alphanumeric()));
+    let hint = match code {
+        Some("NoSuchBucket") => Some(
+            "the bucket does not exist: create it, or correct the bucket in the target's url (and aws_endpoint / aws_region if it lives elsewhere)"
+                .to_string(),
+        ),
+        Some("AccessDenied" | "AllAccessDisabled") => Some(
+            "these credentials may not do this: grant them list, read, write and delete on the bucket and prefix (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject)"
+                .to_string(),
+        ),
+        Some("InvalidAccessKeyId") => Some(
+            "the store knows no such access key: check AWS_ACCESS_KEY_ID or the target's aws_access_key_id, and that aws_endpoint is the store that issued it"
+                .to_string(),
+        ),
+        Some("SignatureDoesNotMatch") => Some(
+            "the secret key does not belong to the access key: check AWS_SECRET_ACCESS_KEY or the target's aws_secret_access_key (and aws_region)"
+                .to_string(),
+        ),
+        Some("PermanentRedirect" | "AuthorizationHeaderMalformed") => Some(
+            "the bucket is in another region: set aws_region to the bucket's region".to_string(),
+        ),
+        _ if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") => Some(
+            "the store's TLS certificate is not signed by a CA this host trusts: set `ca_file` on this target to the PEM bundle of the CA that signed it".to_string(),
+        ),
+        _ if text.contains("169.254.169.254") || text.contains("169.254.170.2") => {
+            Some(format!("no credentials found: {S3_CREDENTIALS}"))
+        }
+        _ if text.contains("URL scheme is not allowed")
+            || (text.contains("builder error") && text.contains("http://")) => Some(
+            "the endpoint is plain HTTP: add `aws_allow_http: \"true\"` (azure_allow_http, allow_http) to the target's options, or use https://".to_string(),
+        ),
+        _ => None,
+    };
+    match (code, hint) {
+        (Some(code), Some(hint)) => format!("{line} ({code}: {hint})"),
+        (None, Some(hint)) => format!("{line} ({hint})"),
+        (Some(code), None) => format!("{line} ({code})"),
+        (None, None) => line,
+    }
+}
+
 fn refused_in_detail(err: &object_store::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = source {
@@ -599,6 +743,31 @@ fn refused_in_detail(err: &object_store::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_error_codes_come_with_the_fix() {
+        let answer = |code: &str| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::other(format!(
+                "Error performing GET http://s3.local/b?list-type=2&X-Amz-Signature=s1gn4tur3 in 5ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>"
+            ))),
+        };
+        for (code, fix) in [
+            ("InvalidAccessKeyId", "AWS_ACCESS_KEY_ID"),
+            ("SignatureDoesNotMatch", "AWS_SECRET_ACCESS_KEY"),
+            ("AccessDenied", "s3:PutObject"),
+            ("NoSuchBucket", "create it"),
+        ] {
+            let line = explain(&answer(code));
+            assert!(
+                line.contains(&format!("({code}: ")) && line.contains(fix),
+                "{line}"
+            );
+            assert!(!line.contains('<') && !line.contains("s1gn4tur3"), "{line}");
+        }
+        let odd = explain(&answer("SomethingNew"));
+        assert!(odd.ends_with("403 Forbidden (SomethingNew)"), "{odd}");
+    }
 
     #[test]
     fn urls_lose_credentials() {
@@ -638,7 +807,7 @@ mod tests {
         let url = Url::from_directory_path(dir.path()).unwrap().to_string();
         let target = Target::open(&TargetConfig {
             url,
-            options: Default::default(),
+            ..Default::default()
         })
         .unwrap();
         assert!(target.create("c/1/m.json", Bytes::from("a")).await.unwrap());
@@ -656,7 +825,7 @@ mod tests {
     fn missing_directory_is_explained() {
         let err = Target::open(&TargetConfig {
             url: "file:///nonexistent/etcd-offsite".into(),
-            options: Default::default(),
+            ..Default::default()
         })
         .unwrap_err();
         assert!(err.reason.contains("mount the NFS share"), "{err}");

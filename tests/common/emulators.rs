@@ -165,6 +165,14 @@ service_controls!(Moto, GcsFront, Azurite, CountingProxy, FaultProxy);
 /// Starts `tests/support/<name>.py` as a loopback front of `moto` (`--port`, `--upstream`,
 /// `--log <dir>/requests.log`), in a directory of its own.
 fn start_front(name: &str, moto: &Moto) -> (Service, u16, TempDir) {
+    start_front_with(name, moto, &[])
+}
+
+fn start_front_with(
+    name: &str,
+    moto: &Moto,
+    extra: &[&std::ffi::OsStr],
+) -> (Service, u16, TempDir) {
     let dir = tempfile::Builder::new()
         .prefix(&format!("{}-", name.replace('_', "-")))
         .tempdir()
@@ -180,7 +188,8 @@ fn start_front(name: &str, moto: &Moto) -> (Service, u16, TempDir) {
             .arg("--upstream")
             .arg(&upstream)
             .arg("--log")
-            .arg(&req_log);
+            .arg(&req_log)
+            .args(extra);
         c
     });
     (svc, port, dir)
@@ -425,6 +434,7 @@ pub struct FaultProxy {
     svc: Service,
     port: u16,
     dir: TempDir,
+    tls: bool,
 }
 
 /// Every fault kind fault_proxy.py knows.
@@ -433,12 +443,39 @@ pub const FAULT_KINDS: &[&str] = &["500", "503", "reset", "lost", "truncate", "d
 impl FaultProxy {
     pub fn start(moto: &Moto) -> FaultProxy {
         let (svc, port, dir) = start_front("fault_proxy", moto);
-        FaultProxy { svc, port, dir }
+        FaultProxy {
+            svc,
+            port,
+            dir,
+            tls: false,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// The same front serving HTTPS with `tls`'s server certificate (SAN 127.0.0.1),
+    /// signed by a throwaway CA no system trusts: a store behind an internal CA.
+    pub fn start_tls(moto: &Moto, tls: &TlsFiles) -> FaultProxy {
+        let (svc, port, dir) = start_front_with(
+            "fault_proxy",
+            moto,
+            &[
+                "--tls-cert".as_ref(),
+                tls.server_cert.as_os_str(),
+                "--tls-key".as_ref(),
+                tls.server_key.as_os_str(),
+            ],
+        );
+        FaultProxy {
+            svc,
+            port,
+            dir,
+            tls: true,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS)
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// New settings: from now on a share `rate` of requests gets one of `kinds`, drawn

@@ -26,7 +26,9 @@ requests the order (and so which request gets which fault) can vary between runs
 share does not. Rate 0 (the start) forwards everything.
 
 Usage: python3 fault_proxy.py --port P --upstream http://127.0.0.1:M [--log FILE]
-Prints "READY <port>" on stdout once listening. Stdlib only.
+                              [--tls-cert PEM --tls-key PEM]
+With --tls-cert and --tls-key it serves HTTPS with that certificate (a store behind an
+internal CA). Prints "READY <port>" on stdout once listening. Stdlib only.
 """
 
 import argparse
@@ -249,6 +251,8 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--upstream", required=True, help="http://127.0.0.1:PORT")
     ap.add_argument("--log", help="append one line per request here")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = ap.parse_args()
     u = urllib.parse.urlsplit(args.upstream)
     if u.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -257,6 +261,12 @@ def main():
     Front.upstream_port = u.port or 80
     Front.log_file = args.log
     srv = Server(("127.0.0.1", args.port), Front)
+    if args.tls_cert:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("READY %d" % srv.server_address[1], flush=True)
     try:
         srv.serve_forever(poll_interval=0.5)
