@@ -363,6 +363,8 @@ fn one_url_with_other_options_is_another_location() {
         options: [
             ("aws_region".to_string(), "eu-west-1".to_string()),
             ("aws_endpoint".to_string(), endpoint.to_string()),
+            ("aws_access_key_id".to_string(), "k".to_string()),
+            ("aws_secret_access_key".to_string(), "s".to_string()),
         ]
         .into(),
         ..Default::default()
