@@ -245,7 +245,11 @@ pub enum ConfigCommand {
     /// Validate the configuration.
     Check {
         /// Also reach etcd and the targets.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "offline")]
         connect: bool,
+        /// Check only what needs no host: no certificate, recipients file or directory is
+        /// read (paths are checked for shape), for a config written elsewhere (CI, a laptop).
+        #[arg(long)]
+        offline: bool,
     },
 }

@@ -35,6 +35,7 @@ pub enum CommandSettings {
     Drill(DrillSettings),
     ConfigCheck {
         connect: bool,
+        offline: bool,
     },
 }
 
@@ -144,6 +145,8 @@ impl Settings {
     /// Loads the config for what the command does and resolves its flags.
     pub fn resolve(cli: Cli) -> anyhow::Result<Self> {
         let purpose = match cli.command {
+            // `config check --offline` reads no host file: as a host that reads backups does.
+            Command::Config(ConfigCommand::Check { offline: true, .. }) => Purpose::ReadBackups,
             Command::Backup(_) | Command::Run(_) | Command::Config(_) => Purpose::TakeBackups,
             Command::List(_)
             | Command::Verify(_)
@@ -235,8 +238,8 @@ impl Settings {
                 scratch_dir: args.scratch_dir,
                 etcd_bin_dir: args.etcd_bin_dir,
             }),
-            Command::Config(ConfigCommand::Check { connect }) => {
-                CommandSettings::ConfigCheck { connect }
+            Command::Config(ConfigCommand::Check { connect, offline }) => {
+                CommandSettings::ConfigCheck { connect, offline }
             }
         };
         Ok(Self {

@@ -490,3 +490,68 @@ fn a_backup_dir_pair_is_shipped_once() {
     .unwrap();
     run_ok(fx.cmd(&config).arg("backup"));
 }
+
+/// `config check --offline` passes on every shipped config, off-host (none of their
+/// certificates, recipients files or directories exist here), while a plain `config check`
+/// still reads them, and an offline check still refuses what is wrong in the text itself.
+#[test]
+fn config_check_offline_passes_every_shipped_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = Vec::new();
+    for dir in ["examples", "config"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_none_or(|e| e != "yaml") || !text.contains("\nversion: 1") {
+                continue;
+            }
+            let mut cmd = common::tool();
+            cmd.arg("--config")
+                .arg(&path)
+                .args(["config", "check", "--offline"]);
+            let out = common::run_ok(&mut cmd);
+            assert!(
+                common::stdout_str(&out).contains(": valid (cluster ")
+                    && common::stdout_str(&out).contains("offline"),
+                "{}",
+                common::describe_output(&out)
+            );
+            checked.push(path);
+        }
+    }
+    assert!(checked.len() >= 7, "only {checked:?}");
+    let s3 = root.join("examples/s3.yaml");
+    let out = common::run_code(
+        common::tool()
+            .arg("--config")
+            .arg(&s3)
+            .args(["config", "check"]),
+        2,
+    );
+    assert!(
+        common::stderr_str(&out).contains("config error at `source.etcd.discover`"),
+        "the host check reads the host: {}",
+        common::describe_output(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&s3)
+            .unwrap()
+            .replace("s3://acme-etcd-backups/", "s3://Etcd_BK/"),
+    )
+    .unwrap();
+    let out = common::run_code(
+        common::tool()
+            .arg("--config")
+            .arg(&bad)
+            .args(["config", "check", "--offline"]),
+        2,
+    );
+    assert!(
+        common::stderr_str(&out).contains("targets.snapshot.url"),
+        "{}",
+        common::describe_output(&out)
+    );
+}

@@ -1,4 +1,5 @@
-//! `config check`: the config is valid; with `--connect`, etcd and the targets answer.
+//! `config check`: the config is valid (with `--offline`, as far as it can be told without
+//! the host's files); with `--connect`, etcd and the targets answer.
 
 use std::path::Path;
 
@@ -9,8 +10,17 @@ use crate::repo::Repository;
 use crate::source::etcd::EtcdMember;
 use crate::source::{backup_dir, static_resources};
 
-pub async fn run(config: &Config, path: &Path, connect: bool) -> anyhow::Result<()> {
-    println!("{}: valid (cluster {})", path.display(), config.cluster);
+pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> anyhow::Result<()> {
+    let scope = if offline {
+        "; offline: certificates, recipients files and directories not read"
+    } else {
+        ""
+    };
+    println!(
+        "{}: valid (cluster {}{scope})",
+        path.display(),
+        config.cluster
+    );
     if !connect {
         return Ok(());
     }

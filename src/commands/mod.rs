@@ -89,8 +89,8 @@ async fn dispatch(settings: &Settings) -> anyhow::Result<()> {
         CommandSettings::Run(args) => run::run(config, args).await,
         CommandSettings::Status(args) => status::run(config, args).await,
         CommandSettings::Drill(args) => drill::run(config, args).await,
-        CommandSettings::ConfigCheck { connect } => {
-            config_check::run(config, &settings.config_path, *connect).await
+        CommandSettings::ConfigCheck { connect, offline } => {
+            config_check::run(config, &settings.config_path, *connect, *offline).await
         }
     }
 }
