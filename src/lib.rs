@@ -20,6 +20,8 @@ mod source;
 mod store;
 mod telemetry;
 
+pub use telemetry::print_error;
+
 /// Runs the parsed command line: logging, the settings it resolves to, the async
 /// runtime, the command.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
@@ -27,7 +29,11 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let settings = settings::Settings::resolve(cli)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(commands::run(settings))
+    let outcome = runtime.block_on(commands::run(settings));
+    // A command stopped by a signal may leave a blocking read behind (a drill's download
+    // into a scratch directory already removed): it must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
 }
 
 /// A scratch directory for unit tests; the program itself never writes temporary files.

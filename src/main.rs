@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match etcd_offsite::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            etcd_offsite::print_error(format_args!("error: {err:#}"));
             ExitCode::from(exit_kind(&err) as u8)
         }
     }

@@ -3,6 +3,8 @@
 //! node_exporter's textfile collector, both in the Prometheus text format 0.0.4.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use tracing_subscriber::EnvFilter;
@@ -23,6 +25,9 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // On a closed stderr (`2>&1 | head -1`) a log line is lost, never a panic: the
+        // subscriber's own report of the failed write would go through `eprintln!`.
+        .log_internal_errors(false)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
@@ -30,6 +35,39 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line of command output on stdout. A reader that went away (`| head -1`,
+/// `| true`) is not a failure of the command, and `println!` would panic on it: the rest
+/// of the output is dropped (said once on stderr, if anyone still reads it) and the
+/// command finishes its work and exits with its own code. SIGPIPE stays ignored (Rust's
+/// default), so the write returns EPIPE instead of killing the process mid-commit.
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format!("{args}\n");
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        tracing::warn!(error = %e, "standard output is closed; the rest of this command's output is dropped");
+    }
+}
+
+/// The last words of a command on stderr; a closed stderr loses them, never panics.
+pub fn print_error(args: std::fmt::Arguments<'_>) {
+    let line = format!("{args}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `println!` for command output, through [`print_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::telemetry::print_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
 
 /// A plaintext byte counter drawn on stderr only when it is a terminal.
 pub fn progress(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
@@ -234,26 +272,31 @@ impl Metrics {
     }
 
     /// Writes [`Metrics::render`] to `path` atomically (a temporary name in the same
-    /// directory, then a rename), as node_exporter's textfile collector requires.
+    /// directory, then a rename), as node_exporter's textfile collector requires. The
+    /// temporary name is random and opened create-new without following links, so a link
+    /// planted in the directory cannot turn the write onto another file; the rename
+    /// replaces a link at `path` itself rather than writing through it.
     pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let name = path.file_name().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")
         })?;
         let partial = path.with_file_name(format!(
-            ".{}.{}.partial",
+            ".{}.{:016x}.partial",
             name.to_string_lossy(),
-            std::process::id()
+            rand::random::<u64>()
         ));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&partial)?;
-            file.write_all(self.render().as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&partial, path)
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&partial);
-        })
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)?;
+        file.write_all(self.render().as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&partial, path))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&partial);
+            })
     }
 }
 
@@ -529,5 +572,41 @@ mod tests {
         let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let unique: std::collections::BTreeSet<_> = types.iter().collect();
         assert_eq!(types.len(), unique.len(), "{text}");
+    }
+
+    #[test]
+    fn textfile_never_writes_through_a_planted_link() {
+        let dir = crate::scratch_dir();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("etcd_offsite.prom");
+        // The name the temporary file once had (`.NAME.PID.partial`), and a link at the
+        // textfile's own name: neither is written through.
+        let planted = dir
+            .path()
+            .join(format!(".etcd_offsite.prom.{}.partial", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let metrics = Metrics::new("test");
+        metrics.count_backup("success");
+        metrics.write_textfile(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_link(&planted).unwrap(), victim);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("etcd_offsite_backups_total{cluster=\"test\",result=\"success\"} 1"),
+            "{text}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        metrics.write_textfile(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // Nothing else is left in the directory: the victim, the planted link, the file.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 }

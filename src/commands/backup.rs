@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::ops::backup::{BackupOptions, take};
 use crate::repo::Repository;
 use crate::settings::BackupSettings;
+use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &BackupSettings) -> anyhow::Result<()> {
     let repo = Repository::primary(config)?;
@@ -18,9 +19,9 @@ pub async fn run(config: &Config, args: &BackupSettings) -> anyhow::Result<()> {
     };
     let manifest = take(config, &repo, options).await?;
     if args.json {
-        println!("{}", manifest.to_json());
+        outln!("{}", manifest.to_json());
     } else {
-        println!("{}", manifest.id);
+        outln!("{}", manifest.id);
     }
     if let Err(e) = crate::ops::prune::after_backup(args.prune.as_ref(), &repo, &manifest.id).await
     {

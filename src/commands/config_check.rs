@@ -9,6 +9,7 @@ use crate::config::{Config, SnapshotSource};
 use crate::repo::Repository;
 use crate::source::etcd::EtcdMember;
 use crate::source::{backup_dir, static_resources};
+use crate::telemetry::outln;
 
 pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> anyhow::Result<()> {
     let scope = if offline {
@@ -16,7 +17,7 @@ pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> 
     } else {
         ""
     };
-    println!(
+    outln!(
         "{}: valid (cluster {}{scope})",
         path.display(),
         config.cluster
@@ -31,12 +32,15 @@ pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> 
                 match EtcdMember::connect(etcd, endpoint).await {
                     Ok(m) => {
                         reachable += 1;
-                        println!(
+                        outln!(
                             "etcd {endpoint}: ok (member {:x}, etcd {}, db {} bytes, revision {})",
-                            m.member_id, m.version, m.db_size, m.revision
+                            m.member_id,
+                            m.version,
+                            m.db_size,
+                            m.revision
                         );
                     }
-                    Err(e) => println!("etcd {endpoint}: FAILED: {}", e.reason),
+                    Err(e) => outln!("etcd {endpoint}: FAILED: {}", e.reason),
                 }
             }
             if reachable == 0 {
@@ -46,7 +50,7 @@ pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> 
     }
     if let SnapshotSource::BackupDir { dir, .. } = &config.source {
         let pair = backup_dir::newest_pair(dir)?;
-        println!(
+        outln!(
             "backup_dir: newest complete pair {}{} ({})",
             pair.timestamp,
             if pair.dirty { " (POSSIBLY DIRTY)" } else { "" },
@@ -55,10 +59,10 @@ pub async fn run(config: &Config, path: &Path, connect: bool, offline: bool) -> 
     }
     if let Some(resources) = &config.static_resources {
         let paths = static_resources::resolve(resources).context("source.static_resources")?;
-        println!("static resources: {} directories", paths.len());
+        outln!("static resources: {} directories", paths.len());
     }
     for checked in Repository::primary(config)?.check_permissions().await? {
-        println!("{checked}");
+        outln!("{checked}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::manifest::UpgradeInfo;
 use crate::repo::{DrillSummary, Entry, Repository, Standing};
 use crate::settings::ListSettings;
+use crate::telemetry::outln;
 
 #[derive(Serialize)]
 struct ListedBackup<'a> {
@@ -87,12 +88,17 @@ pub async fn run(config: &Config, args: &ListSettings) -> anyhow::Result<()> {
         listed.drill = repo.newest_drill_of(entry, now).await;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<20} {:<20} {:>10} {:>10} {:<10} {:<18} STATUS",
-        "ID", "CREATED (UTC)", "STORED", "SNAPSHOT", "PLATFORM", "DRILL"
+        "ID",
+        "CREATED (UTC)",
+        "STORED",
+        "SNAPSHOT",
+        "PLATFORM",
+        "DRILL"
     );
     for b in &listed {
         let status = match (b.complete, b.problem) {
@@ -129,7 +135,7 @@ pub async fn run(config: &Config, args: &ListSettings) -> anyhow::Result<()> {
             ),
             None => "-".to_string(),
         };
-        println!(
+        outln!(
             "{:<20} {:<20} {:>10} {:>10} {:<10} {drill:<18} {status}",
             b.id,
             b.created_at.format("%Y-%m-%d %H:%M:%S"),

@@ -9,12 +9,13 @@ use crate::ops::prune::{Action, DeleteFailure, LeftoverAction, PruneReport, appl
 use crate::repo::Repository;
 use crate::retention::RetentionPolicy;
 use crate::settings::PruneSettings;
+use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &PruneSettings) -> anyhow::Result<()> {
     let repo = Repository::primary(config)?;
     let report = apply(&repo, &args.policy, args.dry_run).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, &args.policy);
     }
@@ -46,7 +47,7 @@ fn print_report(report: &PruneReport, policy: &RetentionPolicy) {
         if let Some(e) = &d.error {
             line.push_str(&format!("; {}", failure_text(e)));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     for l in &report.leftovers {
         let label = match l.action {
@@ -66,10 +67,10 @@ fn print_report(report: &PruneReport, policy: &RetentionPolicy) {
         if let Some(e) = &l.error {
             line.push_str(&format!("; {}: {}", e.kind, e.reason));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     for key in &report.stale_uploads {
-        println!(
+        outln!(
             "{:<13} {key} (unfinished upload of a killed run)",
             "removed"
         );
@@ -93,7 +94,7 @@ fn print_report(report: &PruneReport, policy: &RetentionPolicy) {
     } else {
         (format!("{} deleted", count(Action::Deleted)), "removed")
     };
-    println!(
+    outln!(
         "{} kept, {deleted}, {} failed; {removed} incomplete {removed_word} (incomplete_grace {})",
         count(Action::Kept),
         count(Action::Failed),

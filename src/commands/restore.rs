@@ -18,6 +18,7 @@ use crate::pipeline::fetch;
 use crate::repo::Repository;
 use crate::settings::{MemberRestore, RestoreInto, RestoreSettings};
 use crate::source::static_resources::check_archive;
+use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &RestoreSettings) -> anyhow::Result<()> {
     let identities = &args.identities;
@@ -100,11 +101,11 @@ pub async fn run(config: &Config, args: &RestoreSettings) -> anyhow::Result<()> 
     }
     // Both checked: now, and only now, they get their final names.
     snapshot_file.commit()?;
-    println!("{}", snapshot_file.path.display());
+    outln!("{}", snapshot_file.path.display());
     match static_file {
         Some(f) => {
             f.commit()?;
-            println!("{}", f.path.display());
+            outln!("{}", f.path.display());
             tracing::info!(id = %manifest.id, dir = %to.display(), "restored and verified; run cluster-restore.sh with this directory");
         }
         None => tracing::warn!(
@@ -234,7 +235,7 @@ async fn restore_member(
     staged.discard_committed();
     move_into(&restored, dir)?;
     drop(work);
-    println!("{}", dir.display());
+    outln!("{}", dir.display());
     let revision = match &manifest.source {
         SourceInfo::Etcd { revision, .. } => Some(*revision),
         SourceInfo::BackupDir { .. } => manifest.content.as_ref().map(|c| c.revision),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, SnapshotSource};
@@ -36,29 +36,29 @@ pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
     tracing::info!(cron = %schedule.cron_text, jitter = ?schedule.jitter, metrics = %args.metrics_listen, "scheduler started");
     let mut upgrade_check = schedule.upgrade_check.map(tokio::time::interval);
     // One listener for the whole run, so a SIGTERM that comes during a backup is not lost.
-    let shutdown = shutdown();
+    let shutdown = crate::ops::stop_signal();
     tokio::pin!(shutdown);
     loop {
-        let next = schedule
-            .cron
-            .find_next_occurrence(&Utc::now(), false)
-            .context("schedule.cron has no next occurrence")?;
+        // `config check` refuses a cron that never fires; one that runs out (a year
+        // listed in a six-field cron) stops only its own schedule, said in the log.
+        let next = next_occurrence(&schedule.cron, &schedule.cron_text, "schedule.cron");
         let jitter_ms = u64::try_from(schedule.jitter.as_millis()).unwrap_or(u64::MAX);
         let jitter = std::time::Duration::from_millis(if jitter_ms == 0 {
             0
         } else {
             rand::random_range(0..=jitter_ms)
         });
-        let due =
-            tokio::time::Instant::now() + (next - Utc::now()).to_std().unwrap_or_default() + jitter;
-        tracing::info!(next = %next.to_rfc3339(), jitter = ?jitter, "next backup");
+        let due = next.map(|next| {
+            tracing::info!(next = %next.to_rfc3339(), jitter = ?jitter, "next backup");
+            tokio::time::Instant::now() + (next - Utc::now()).to_std().unwrap_or_default() + jitter
+        });
         let reason = loop {
             let drill_due = schedule.drill.as_ref().and_then(|d| {
-                let at = d.cron.find_next_occurrence(&Utc::now(), false).ok()?;
+                let at = next_occurrence(&d.cron, &d.cron_text, "schedule.drill.cron")?;
                 Some(tokio::time::Instant::now() + (at - Utc::now()).to_std().unwrap_or_default())
             });
             tokio::select! {
-                _ = tokio::time::sleep_until(due) => break "schedule",
+                _ = sleep_until_some(due) => break "schedule",
                 _ = sleep_until_some(drill_due) => {
                     if let Some(drill) = &schedule.drill {
                         drill_newest(&repo, drill, &metrics).await;
@@ -81,7 +81,7 @@ pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
         tracing::info!(reason, "backup starting");
         let started = std::time::Instant::now();
         // Any host's backup since this slot's time serves it; an upgrade needs a fresh one.
-        let not_before = (reason == "schedule").then_some(next);
+        let not_before = next.filter(|_| reason == "schedule");
         let options = BackupOptions {
             force: false,
             not_before,
@@ -131,6 +131,17 @@ pub async fn run(config: &Config, args: &RunSettings) -> anyhow::Result<()> {
         if stopping {
             tracing::info!("shutting down");
             return Ok(());
+        }
+    }
+}
+
+/// The next time `cron` fires, or None (logged) when it never does again.
+fn next_occurrence(cron: &croner::Cron, text: &str, key: &str) -> Option<DateTime<Utc>> {
+    match cron.find_next_occurrence(&Utc::now(), false) {
+        Ok(at) => Some(at),
+        Err(e) => {
+            tracing::error!(%key, cron = %text, error = %e, "this schedule has no next occurrence and will not run again; fix it in the config (the other schedules go on)");
+            None
         }
     }
 }
@@ -227,15 +238,4 @@ async fn upgraded(config: &Config, recorded: Option<&str>) -> Option<String> {
     };
     let current = member.cluster_facts().await.platform_version?;
     (Some(current.as_str()) != recorded).then_some(current)
-}
-
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::Stale;
 use crate::repo::{Freshness, Repository, Standing, clock};
 use crate::settings::StatusSettings;
-use crate::telemetry::{ClusterFigures, Metrics};
+use crate::telemetry::{ClusterFigures, Metrics, outln};
 
 /// Clusters read at once by a fleet view.
 const CLUSTERS_IN_FLIGHT: usize = 4;
@@ -112,32 +112,32 @@ pub async fn run(config: &Config, args: &StatusSettings) -> anyhow::Result<()> {
         drill_fresh: within(drill_age, args.max_drill_age),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         match (&status.newest_id, newest_age) {
-            (Some(id), Some(age)) => println!("newest complete backup: {id} ({} ago)", ago(age)),
-            _ => println!("newest complete backup: none"),
+            (Some(id), Some(age)) => outln!("newest complete backup: {id} ({} ago)", ago(age)),
+            _ => outln!("newest complete backup: none"),
         }
         match (&status.newest_drill_id, drill_age) {
             (Some(id), Some(age)) => {
-                println!("newest successful drill: of {id} ({} ago)", ago(age))
+                outln!("newest successful drill: of {id} ({} ago)", ago(age))
             }
-            _ => println!("newest successful drill: none"),
+            _ => outln!("newest successful drill: none"),
         }
-        println!(
+        outln!(
             "backups: {} complete, {} incomplete; {} stored",
             status.complete,
             status.incomplete,
             ByteSize(status.stored_bytes).display().iec_short()
         );
         if status.untrusted > 0 {
-            println!(
+            outln!(
                 "not counted: {} backup(s) not signed by an allowed signer (see `etcd-offsite list`)",
                 status.untrusted
             );
         }
         if status.future_dated > 0 {
-            println!(
+            outln!(
                 "not counted: {} backup(s) dated in the future (a host clock ahead, or planted; see `etcd-offsite list`)",
                 status.future_dated
             );
@@ -323,7 +323,7 @@ async fn fleet_status(
         ignored_prefixes: prefixes.ignored_count,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&fleet)?);
+        outln!("{}", serde_json::to_string_pretty(&fleet)?);
     } else {
         print_fleet(&fleet);
     }
@@ -479,9 +479,9 @@ fn print_fleet(fleet: &FleetStatus) {
                 line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
     if fleet.clusters.is_empty() && fleet.unreadable.is_empty() {
-        println!("no cluster found under {}", fleet.target);
+        outln!("no cluster found under {}", fleet.target);
     }
 }

@@ -13,6 +13,7 @@ use crate::pipeline::{FetchError, Identities, fetch};
 use crate::repo::{Repository, Selection, Signature, Standing};
 use crate::settings::{VerifyScope, VerifySettings};
 use crate::source::static_resources::check_archive;
+use crate::telemetry::outln;
 
 #[derive(Debug, Serialize)]
 struct BackupReport {
@@ -91,10 +92,10 @@ pub async fn run(config: &Config, args: &VerifySettings) -> anyhow::Result<()> {
 
 fn finish(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(reports)?);
+        outln!("{}", serde_json::to_string_pretty(reports)?);
     } else {
         for r in reports {
-            println!("{} {}", r.id, if r.ok { "OK" } else { "FAILED" });
+            outln!("{} {}", r.id, if r.ok { "OK" } else { "FAILED" });
             for a in &r.artifacts {
                 let contents = match a.contents_ok {
                     Some(true) => "contents ok",
@@ -106,13 +107,13 @@ fn finish(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
                 } else {
                     "stored FAILED"
                 };
-                println!("  {:<17} {stored}, {contents}", a.artifact);
+                outln!("  {:<17} {stored}, {contents}", a.artifact);
                 if let Some(detail) = &a.detail {
-                    println!("    {detail}");
+                    outln!("    {detail}");
                 }
             }
             for p in &r.problems {
-                println!("  problem: {p}");
+                outln!("  problem: {p}");
             }
         }
     }

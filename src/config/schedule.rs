@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::{SnapshotSource, readable_file};
@@ -75,14 +76,49 @@ pub(super) fn resolve(
     Ok(schedule)
 }
 
-/// A five-field (or six, seconds first) cron expression.
-fn parse_cron(key: &str, text: &str) -> Result<croner::Cron, ConfigError> {
-    croner::Cron::from_str(text).map_err(|e| {
+/// A five-field (or six, seconds first) cron expression that fires within the next year
+/// (`0 0 30 2 *` never does) and at most once a minute: a backup or drill every second
+/// would pile runs onto the cluster and the store.
+fn parse_cron(key: &str, text: &str, now: DateTime<Utc>) -> Result<croner::Cron, ConfigError> {
+    let cron = croner::Cron::from_str(text).map_err(|e| {
         ConfigError::new(
             key,
             format!("{text:?} is not a cron expression ({e}); use five fields, e.g. \"0 3 * * *\""),
         )
-    })
+    })?;
+    let never = || {
+        ConfigError::new(
+            key,
+            format!(
+                "{text:?} has no occurrence within the next year (a day that does not exist, like 30 February?), so it would never run; use a date that occurs, e.g. \"0 3 * * *\""
+            ),
+        )
+    };
+    let first = cron
+        .find_next_occurrence(&now, false)
+        .map_err(|_| never())?;
+    if first - now > TimeDelta::days(366) {
+        return Err(never());
+    }
+    // In a minute that matches, every listed second does: among three occurrences in a
+    // row, two fall in one minute when the seconds field lists more than one.
+    let mut previous = first;
+    for _ in 0..2 {
+        let Ok(next) = cron.find_next_occurrence(&previous, false) else {
+            break;
+        };
+        if next - previous < TimeDelta::minutes(1) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{text:?} fires more often than once a minute ({} apart); runs that close pile onto the cluster and the store: use five fields (minute first), e.g. \"0 3 * * *\"",
+                    humantime::format_duration((next - previous).to_std().unwrap_or_default())
+                ),
+            ));
+        }
+        previous = next;
+    }
+    Ok(cron)
 }
 
 fn validate_drill_schedule(
@@ -113,7 +149,7 @@ fn validate_drill_schedule(
         ));
     }
     Ok(DrillSchedule {
-        cron: parse_cron("schedule.drill.cron", &raw.cron)?,
+        cron: parse_cron("schedule.drill.cron", &raw.cron, Utc::now())?,
         cron_text: raw.cron,
         identities: raw.identities,
         host: crate::drill::DrillHost {
@@ -133,7 +169,7 @@ fn validate_schedule(raw: RawSchedule, check_files: bool) -> Result<Schedule, Co
             "must be at least 1s; 5m is a good interval",
         ));
     }
-    let cron = parse_cron("schedule.cron", &raw.cron)?;
+    let cron = parse_cron("schedule.cron", &raw.cron, Utc::now())?;
     Ok(Schedule {
         cron,
         cron_text: raw.cron,
@@ -149,6 +185,8 @@ fn validate_schedule(raw: RawSchedule, check_files: bool) -> Result<Schedule, Co
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use chrono::{TimeZone, Utc};
 
     use super::super::testing::snapshot_only;
     use super::super::{Purpose, parse};
@@ -173,5 +211,40 @@ mod tests {
         let config = parse(&with(dir.path()), Purpose::TakeBackups).expect("etcd is there");
         let drill = config.schedule.unwrap().drill.unwrap();
         assert_eq!(drill.host.etcd_bin_dir.as_deref(), Some(dir.path()));
+    }
+
+    #[test]
+    fn crons_that_never_fire_or_fire_every_second_are_refused() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 15, 0, 30).unwrap();
+        // A leap day 15 months away is past the year too: a backup every four years is no schedule.
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 4 *",
+            "0 0 31 2,4,6,9,11 *",
+            "0 0 29 2 *",
+        ] {
+            let err = super::parse_cron("schedule.cron", never, now).expect_err(never);
+            assert_eq!(err.key, "schedule.cron");
+            assert!(
+                err.problem.contains("no occurrence within the next year"),
+                "{err}"
+            );
+        }
+        for often in [
+            "* * * * * *",
+            "*/30 * * * * *",
+            "0,59 0 0 * * *",
+            "0,30 0 0 * * *",
+        ] {
+            let err = super::parse_cron("schedule.drill.cron", often, now).expect_err(often);
+            assert!(
+                err.problem.contains("more often than once a minute"),
+                "{often}: {err}"
+            );
+        }
+        // Once a minute, a six-field cron with one second, once a year are fine.
+        for fine in ["* * * * *", "0 */5 * * * *", "0 3 * * *", "0 0 1 1 *"] {
+            super::parse_cron("schedule.cron", fine, now).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
     }
 }

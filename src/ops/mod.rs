@@ -11,6 +11,22 @@ use chrono::Utc;
 use crate::repo::Repository;
 use crate::telemetry::StoreFigures;
 
+/// Waits for SIGTERM or SIGINT (a stop from systemd, Kubernetes or a terminal's Ctrl-C)
+/// and names it; never returns when the handlers cannot be installed.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
 /// What the repository holds, for the metrics: trusted backups only (untrusted and
 /// future-dated ones never make the newest backup look recent), and the newest drill
 /// that counts.

@@ -124,11 +124,20 @@ where
     let expected = artifact.clone();
     tokio::task::spawn_blocking(move || {
         let mut stored = FlaggingReader::new(HashingReader {
-            inner: reader,
+            inner: Bounded::new(reader, "stored object", expected.stored.size),
             hasher: Hasher::default(),
         });
+        let oversized = |failed: Option<&io::Error>| {
+            failed
+                .and_then(overflow)
+                .map(|o| FetchError::Stored(IntegrityError(format!("{key}: {o}"))))
+        };
         let check_stored = |stored: &mut FlaggingReader<HashingReader<_>>| {
-            drain(stored, &key)?;
+            let drained = drain(stored, &key);
+            if let Some(e) = oversized(stored.failed.as_ref()) {
+                return Err(e);
+            }
+            drained?;
             let digest = std::mem::take(&mut stored.inner.hasher).finish();
             compare(
                 &key,
@@ -140,7 +149,16 @@ where
         };
         let contents = match identity {
             Some(identity) => {
-                let decoded = decode(&mut stored, &identity, etcd_trailer, consume);
+                let decoded = decode(
+                    &mut stored,
+                    &identity,
+                    etcd_trailer,
+                    expected.plaintext.size,
+                    consume,
+                );
+                if let Some(e) = oversized(stored.failed.as_ref()) {
+                    return Err(e);
+                }
                 if let Some(e) = stored.failed.take() {
                     return Err(anyhow::Error::new(e)
                         .context(format!("reading {key}"))
@@ -190,9 +208,72 @@ impl<R> FlaggingReader<R> {
 
 impl<R: Read> Read for FlaggingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        self.inner.read(buf).map_err(|e| {
+            // The original is kept (an [`Overflow`] is told apart by its type).
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.failed = Some(e);
+            copy
         })
+    }
+}
+
+/// More bytes than the manifest records: a replaced object, or a decompression bomb.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {what} is longer than the {limit} bytes the manifest records (replaced, or a decompression bomb); reading stopped there"
+)]
+struct Overflow {
+    what: &'static str,
+    limit: u64,
+}
+
+/// The [`Overflow`] an error of a [`Bounded`] reader carries.
+fn overflow(e: &io::Error) -> Option<&Overflow> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Overflow>())
+}
+
+/// Hands over at most `limit` bytes: it asks `inner` for one more, to see that more was
+/// there, and fails with an [`Overflow`] instead of passing it on, so no consumer (a
+/// restore's `--to`, a drill's scratch disk) ever gets more than the manifest records.
+struct Bounded<R> {
+    inner: R,
+    what: &'static str,
+    limit: u64,
+    left: u64,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R, what: &'static str, limit: u64) -> Self {
+        Self {
+            inner,
+            what,
+            limit,
+            left: limit,
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let asked = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..asked])?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                Overflow {
+                    what: self.what,
+                    limit: self.limit,
+                },
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -215,6 +296,7 @@ fn decode<R, T>(
     stored: &mut R,
     identity: &age::x25519::Identity,
     etcd_trailer: bool,
+    plaintext_size: u64,
     consume: impl FnOnce(&mut dyn Read) -> io::Result<T>,
 ) -> anyhow::Result<(T, Digest)>
 where
@@ -251,17 +333,24 @@ where
         let decompressed = zstd::stream::read::Decoder::new(ChannelReader::new(rx))
             .map_err(|e| integrity("zstd decoder failed", &e))?;
         let mut plain = FlaggingReader::new(HashingReader {
-            inner: decompressed,
+            inner: Bounded::new(decompressed, "plaintext", plaintext_size),
             hasher: Hasher::new(etcd_trailer),
         });
         let consumed = consume(&mut plain);
         if let Some(e) = plain.failed.take() {
+            if let Some(over) = overflow(&e) {
+                return Err(IntegrityError(over.to_string()).into());
+            }
             return Err(integrity("decrypting and decompressing failed", &e));
         }
         // The consumer's own failure (e.g. a full disk while restoring).
         let contents = consumed?;
-        io::copy(&mut plain, &mut io::sink())
-            .map_err(|e| integrity("decrypting and decompressing failed", &e))?;
+        if let Err(e) = io::copy(&mut plain, &mut io::sink()) {
+            return Err(match plain.failed.as_ref().and_then(overflow) {
+                Some(over) => IntegrityError(over.to_string()).into(),
+                None => integrity("decrypting and decompressing failed", &e),
+            });
+        }
         Ok((contents, plain.inner.hasher.finish()?))
     })
 }

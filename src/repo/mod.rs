@@ -438,6 +438,15 @@ impl Repository {
         })?;
         let key = self.layout.artifact(&manifest.id, kind);
         match target.read_stream(&key).await {
+            // Refused before a byte is read: a bomb in place of the artifact could be
+            // any size, and nothing from it may reach a restore directory.
+            Ok((size, _)) if size != artifact.stored.size => {
+                Err(FetchError::Stored(IntegrityError(format!(
+                    "{key}: stored size is {size} bytes in {}, the manifest says {} (truncated or replaced); nothing was read from it. Restore another backup (`etcd-offsite list`)",
+                    target.url(),
+                    artifact.stored.size
+                ))))
+            }
             Ok((_, stream)) => Ok(stream.map_err(std::io::Error::other).boxed()),
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 // A moved target looks like a lost object: say so.

@@ -1,10 +1,13 @@
-//! file:// targets seen without following links: listing, and the check before every read
-//! or delete, so that a symbolic link in a target never reaches outside it.
+//! file:// targets seen without following links: listing, the check before every read or
+//! delete, and writes that walk into the target one directory descriptor at a time
+//! (`O_NOFOLLOW`), so that a symbolic link in a target never reaches outside it.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::StoredObject;
 
@@ -150,6 +153,178 @@ pub fn check_inside(root: &Path, key: &str) -> Result<(), String> {
             real.display()
         )),
         _ => Ok(()),
+    }
+}
+
+/// A directory inside a file:// target, reached from the target's root one component at a
+/// time with `O_NOFOLLOW | O_DIRECTORY`: no symbolic link on the way is ever followed, even
+/// one planted after a check. Files are created in it relative to its descriptor.
+pub struct KeyDir {
+    fd: OwnedFd,
+    /// The path it was reached by, for messages.
+    path: PathBuf,
+}
+
+/// Opens the directory that holds `key` (creating missing directories), refusing a link on
+/// the way with an error that names it; returns it with the key's file name.
+pub fn open_key_dir(root: &Path, key: &str) -> io::Result<(KeyDir, String)> {
+    let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((name, dirs)) = parts.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty key"));
+    };
+    let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = KeyDir {
+        fd: rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?,
+        path: root.to_path_buf(),
+    };
+    for part in dirs.iter().copied().chain(std::iter::once(*name)) {
+        if part == "." || part == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("key {key} leaves the target"),
+            ));
+        }
+    }
+    for part in dirs {
+        let path = dir.path.join(part);
+        let opened = match rustix::fs::openat(&dir.fd, *part, directory, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir.fd, *part, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(io::Error::from(e)),
+                }
+                rustix::fs::openat(&dir.fd, *part, directory, Mode::empty())
+            }
+            other => other,
+        };
+        let fd = opened.map_err(|e| dir.refusal(part, e))?;
+        dir = KeyDir { fd, path };
+    }
+    Ok((dir, name.to_string()))
+}
+
+impl KeyDir {
+    /// Why `name` in this directory cannot be opened or replaced: a link is named, with the fix.
+    fn refusal(&self, name: &str, e: rustix::io::Errno) -> io::Error {
+        let path = self.path.join(name);
+        let is_link = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+        if is_link {
+            return io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symbolic link; etcd-offsite never writes through links, so nothing lands outside the target. Replace the link with a real directory (move what it points at into its place), or point the target URL at the real location",
+                    path.display()
+                ),
+            );
+        }
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    }
+
+    /// Creates `name#<n>` (create-new, never through a link), the staging name of an
+    /// unfinished write that [`is_staging`] knows.
+    pub fn create_staging(&self, name: &str) -> io::Result<(std::fs::File, String)> {
+        let staging = format!("{name}#{}", rand::random::<u32>());
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            staging.as_str(),
+            flags,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| self.refusal(&staging, e))?;
+        Ok((std::fs::File::from(fd), staging))
+    }
+
+    /// Gives `staging` the name `name` only if no object has it: Ok(false) when one does.
+    pub fn link_new(&self, staging: &str, name: &str) -> io::Result<bool> {
+        let linked = rustix::fs::linkat(&self.fd, staging, &self.fd, name, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.fd, staging, AtFlags::empty());
+        match linked {
+            Ok(()) => self.sync().map(|()| true),
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            Err(e) => Err(self.refusal(name, e)),
+        }
+    }
+
+    /// Renames `staging` to `name`, replacing an object of that name (an upload).
+    pub fn rename(&self, staging: &str, name: &str) -> io::Result<()> {
+        rustix::fs::renameat(&self.fd, staging, &self.fd, name)
+            .map_err(|e| self.refusal(name, e))?;
+        self.sync()
+    }
+
+    /// Removes `staging` (a write given up).
+    pub fn remove(&self, staging: &str) {
+        let _ = rustix::fs::unlinkat(&self.fd, staging, AtFlags::empty());
+    }
+
+    /// Makes the directory's new entry durable: the manifest must never reach the disk
+    /// before the data it describes.
+    fn sync(&self) -> io::Result<()> {
+        rustix::fs::fsync(&self.fd).map_err(io::Error::from)
+    }
+}
+
+/// Writes a small object create-only: Ok(false) when the key exists.
+pub fn create(root: &Path, key: &str, bytes: &[u8]) -> io::Result<bool> {
+    use std::io::Write;
+    let (dir, name) = open_key_dir(root, key)?;
+    let (mut file, staging) = dir.create_staging(&name)?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        dir.remove(&staging);
+        return Err(e);
+    }
+    dir.link_new(&staging, &name)
+}
+
+/// An object being written to a file:// target under its staging name, in the directory
+/// reached without links; renamed into place by [`LocalUpload::finish`].
+pub struct LocalUpload {
+    dir: KeyDir,
+    name: String,
+    staging: String,
+    file: std::fs::File,
+}
+
+impl LocalUpload {
+    pub fn start(root: &Path, key: &str) -> io::Result<Self> {
+        let (dir, name) = open_key_dir(root, key)?;
+        let (file, staging) = dir.create_staging(&name)?;
+        Ok(Self {
+            dir,
+            name,
+            staging,
+            file,
+        })
+    }
+
+    /// Appends one part.
+    pub fn put(&self, part: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        (&self.file).write_all(part)
+    }
+
+    /// Syncs the data, then renames it into place.
+    pub fn finish(&self) -> io::Result<()> {
+        let done = self
+            .file
+            .sync_all()
+            .and_then(|()| self.dir.rename(&self.staging, &self.name));
+        if done.is_err() {
+            self.abort();
+        }
+        done
+    }
+
+    pub fn abort(&self) {
+        self.dir.remove(&self.staging);
     }
 }
 

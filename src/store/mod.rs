@@ -346,6 +346,12 @@ impl Target {
 
     /// Writes a small object only if none exists; Ok(false) when one does.
     pub async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        if let Some(root) = self.local_dir.clone() {
+            let owned = key.to_string();
+            return self
+                .local_io("create", key, move || local::create(&root, &owned, &bytes))
+                .await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -454,6 +460,31 @@ impl Target {
             location: format!("{}/{key}", self.url()),
             reason,
         })
+    }
+
+    /// Runs a file:// write on a blocking thread; its io::Error becomes a [`StoreError`]
+    /// (a refusal for a link, a read-only or denied file system).
+    async fn local_io<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        write: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let fail = |e: std::io::Error| StoreError {
+            kind: match e.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                    StoreErrorKind::Denied
+                }
+                _ => StoreErrorKind::Other,
+            },
+            op,
+            location: format!("{}/{key}", self.url()),
+            reason: e.to_string(),
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?
+            .map_err(fail)
     }
 
     /// Streams an object; the size comes from the store.
@@ -574,6 +605,19 @@ impl Target {
 
     /// Starts a multipart upload with bounded part size and parts in flight.
     pub async fn upload(&self, key: &str) -> Result<Upload, StoreError> {
+        if let Some(root) = self.local_dir.clone() {
+            let owned = key.to_string();
+            let upload = self
+                .local_io("upload", key, move || {
+                    local::LocalUpload::start(&root, &owned)
+                })
+                .await?;
+            return Ok(Upload {
+                parts: Parts::Local(Arc::new(upload)),
+                target: self.clone(),
+                key: key.to_string(),
+            });
+        }
         // An upload started twice leaves the first one unfinished, which the bucket's
         // lifecycle rule for incomplete multipart uploads removes.
         let upload = self
@@ -585,7 +629,7 @@ impl Target {
             })
             .await?;
         Ok(Upload {
-            parts: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            parts: Parts::Store(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
             target: self.clone(),
             key: key.to_string(),
         })
@@ -595,32 +639,60 @@ impl Target {
 /// An object being uploaded in parts; it exists only once [`Upload::finish`] returns Ok.
 #[must_use = "an upload must be finished or aborted"]
 pub struct Upload {
-    parts: WriteMultipart,
+    parts: Parts,
     target: Target,
     key: String,
+}
+
+/// Where the parts go: the store's multipart upload, or (file://) a staging file reached
+/// without following links.
+enum Parts {
+    Store(WriteMultipart),
+    Local(Arc<local::LocalUpload>),
 }
 
 impl Upload {
     /// Hands one part to the store, first waiting while [`UPLOAD_CONCURRENCY`] are in flight.
     pub async fn put(&mut self, part: Bytes) -> Result<(), StoreError> {
-        self.parts
-            .wait_for_capacity(UPLOAD_CONCURRENCY)
-            .await
-            .map_err(|e| self.target.error("upload", &self.key, &e))?;
-        self.parts.put(part);
-        Ok(())
+        match &mut self.parts {
+            Parts::Store(parts) => {
+                parts
+                    .wait_for_capacity(UPLOAD_CONCURRENCY)
+                    .await
+                    .map_err(|e| self.target.error("upload", &self.key, &e))?;
+                parts.put(part);
+                Ok(())
+            }
+            Parts::Local(upload) => {
+                let upload = upload.clone();
+                self.target
+                    .local_io("upload", &self.key, move || upload.put(&part))
+                    .await
+            }
+        }
     }
 
     /// Completes the object. Parts still in flight are awaited first: when one has failed,
     /// completing would abort and report the abort's error (a dead store fails that too)
     /// instead of the part's.
-    pub async fn finish(mut self) -> Result<(), StoreError> {
-        if let Err(e) = self.parts.wait_for_capacity(0).await {
+    pub async fn finish(self) -> Result<(), StoreError> {
+        let mut parts = match self.parts {
+            Parts::Local(upload) => {
+                return self
+                    .target
+                    .local_io("upload", &self.key, move || upload.finish())
+                    .await;
+            }
+            Parts::Store(parts) => parts,
+        };
+        if let Err(e) = parts.wait_for_capacity(0).await {
             let err = self.target.error("upload", &self.key, &e);
-            self.abort().await;
+            if let Err(e) = parts.abort().await {
+                tracing::warn!(key = %self.key, error = %one_line(&e), "could not abort the upload; the store expires it");
+            }
             return Err(err);
         }
-        self.parts
+        parts
             .finish()
             .await
             .map(drop)
@@ -629,8 +701,21 @@ impl Upload {
 
     /// Gives the object up; where the store cannot abort, it expires the parts.
     pub async fn abort(self) {
-        if let Err(e) = self.parts.abort().await {
-            tracing::warn!(key = %self.key, error = %one_line(&e), "could not abort the upload; the store expires it");
+        match self.parts {
+            Parts::Store(parts) => {
+                if let Err(e) = parts.abort().await {
+                    tracing::warn!(key = %self.key, error = %one_line(&e), "could not abort the upload; the store expires it");
+                }
+            }
+            Parts::Local(upload) => {
+                let _ = self
+                    .target
+                    .local_io("upload", &self.key, move || {
+                        upload.abort();
+                        Ok(())
+                    })
+                    .await;
+            }
         }
     }
 }
