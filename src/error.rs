@@ -15,6 +15,10 @@ pub enum ExitKind {
     Refused = 4,
     /// `status`: the newest complete backup is older than its limit (or there is none).
     Stale = 5,
+    /// Stopped by SIGINT after cleaning up (128 + 2, as a shell reports it).
+    Interrupted = 130,
+    /// Stopped by SIGTERM after cleaning up (128 + 15).
+    Terminated = 143,
 }
 
 /// A configuration problem at a key path, with the fix.
@@ -98,6 +102,17 @@ pub fn refusal(err: &anyhow::Error) -> Option<Refusal> {
 #[error("stale: {0}")]
 pub struct Stale(pub String);
 
+/// A signal stopped the command; what it had started (a drill's etcd, its scratch
+/// directory) was stopped and removed first.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {name}; {cleaned}")]
+pub struct Stopped {
+    /// SIGTERM or SIGINT.
+    pub name: &'static str,
+    /// What was cleaned up.
+    pub cleaned: String,
+}
+
 /// Bad command-line usage that clap cannot catch (e.g. a malformed backup id).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -117,6 +132,12 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
         }
         if cause.is::<Stale>() {
             return ExitKind::Stale;
+        }
+        if let Some(stopped) = cause.downcast_ref::<Stopped>() {
+            return match stopped.name {
+                "SIGINT" => ExitKind::Interrupted,
+                _ => ExitKind::Terminated,
+            };
         }
     }
     ExitKind::Runtime

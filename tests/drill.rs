@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -506,4 +507,254 @@ fn drill_without_tools(fx: &Fixture, config: &Path) -> std::process::Command {
         .arg(fx.path("scratch"))
         .args(fx.identity_args());
     cmd
+}
+
+// ------------------------------------------------------------------ issue 18: drills at the host boundary
+
+/// The etcd a running drill started under `scratch`: its pid and client URL, found by its
+/// `--data-dir` in /proc.
+fn scratch_etcd(scratch: &Path) -> Option<(u32, String)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let inside = value("--data-dir").is_some_and(|d| Path::new(&d).starts_with(scratch));
+        if inside && args.first().is_some_and(|a| a.ends_with("etcd")) {
+            return Some((pid, value("--listen-client-urls")?));
+        }
+    }
+    None
+}
+
+/// `kill -SIG PID`.
+fn signal(pid: u32, sig: &str) {
+    run_ok(
+        std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()),
+    );
+}
+
+/// A process that is gone (or a zombie nobody waits for: not running either way).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_stopped_or_killed_drill_leaves_no_etcd_and_no_data() {
+    stopped_or_killed_drill(EtcdVersion::V34);
+}
+
+#[test]
+fn a_stopped_or_killed_etcd_35_drill_leaves_no_etcd_and_no_data() {
+    stopped_or_killed_drill(EtcdVersion::V35);
+}
+
+/// A drill is paused once its scratch etcd runs: that etcd refuses plain and
+/// certificate-less connections and has none of the drill's environment; SIGTERM then
+/// stops the drill with 143, its etcd gone within seconds and the scratch directory empty.
+/// A SIGKILLed drill's etcd dies with it (PR_SET_PDEATHSIG) and the next drill removes the
+/// scratch directory it left.
+fn stopped_or_killed_drill(version: EtcdVersion) {
+    let etcd = EtcdServer::start_version(version, false);
+    load_cluster(&etcd);
+    let fx = Fixture::new();
+    write_encryption_config(&fx, &CBC_KEY);
+    let scratch = fx.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (_, config) = fx.dir_config(&etcd, "");
+    run_ok(fx.cmd(&config).args(["backup", "--no-prune"]));
+    let start_drill = || {
+        let mut cmd = drill_cmd(&fx, &config, None);
+        cmd.arg("--etcd-bin-dir")
+            .arg(version.bin_dir())
+            .env("AWS_SECRET_ACCESS_KEY", "planted-secret-of-the-drill-host");
+        let child = spawn(&mut cmd);
+        let mut found = None;
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                found = scratch_etcd(&scratch);
+                found.is_some()
+            }),
+            "no scratch etcd started"
+        );
+        signal(child.id(), "STOP");
+        (child, found.unwrap())
+    };
+
+    let (child, (etcd_pid, url)) = start_drill();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let port = url.rsplit(':').next().unwrap();
+    for (endpoint, extra) in [
+        (format!("http://127.0.0.1:{port}"), vec![]),
+        (url.clone(), vec!["--insecure-skip-tls-verify"]),
+    ] {
+        let out = run(version
+            .etcdctl()
+            .args([
+                "--endpoints",
+                &endpoint,
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "3s",
+            ])
+            .args(extra)
+            .args(["get", "/kubernetes.io/secrets/", "--prefix", "--keys-only"]));
+        assert_ne!(
+            exit_code(&out),
+            0,
+            "{endpoint} answered:\n{}",
+            describe_output(&out)
+        );
+        assert!(
+            !stdout_str(&out).contains("secret-"),
+            "{}",
+            describe_output(&out)
+        );
+    }
+    let environ = std::fs::read(format!("/proc/{etcd_pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("planted-secret"),
+        "the scratch etcd inherited the drill's environment"
+    );
+    signal(child.id(), "TERM");
+    signal(child.id(), "CONT");
+    let out = wait_within(child, Duration::from_secs(20), "SIGTERM to a drill");
+    assert_eq!(exit_code(&out), 143, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains("stopped by SIGTERM"),
+        "{}",
+        describe_output(&out)
+    );
+    assert!(!stderr_str(&out).contains("panicked"));
+    assert!(
+        wait_until(Duration::from_secs(5), || gone(etcd_pid)),
+        "etcd {etcd_pid} still runs"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "scratch left after SIGTERM"
+    );
+
+    let (mut child, (etcd_pid, _)) = start_drill();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || gone(etcd_pid)),
+        "etcd {etcd_pid} outlived its SIGKILLed drill"
+    );
+    let mut cmd = drill_cmd(&fx, &config, None);
+    let out = run(cmd.arg("--etcd-bin-dir").arg(version.bin_dir()));
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the killed drill's scratch directory was not removed by the next drill"
+    );
+}
+
+#[test]
+fn an_auth_enabled_etcd_is_backed_up_by_password_and_drilled() {
+    auth_enabled_backup_and_drill(EtcdVersion::V34);
+}
+
+#[test]
+fn an_auth_enabled_etcd_35_is_backed_up_by_password_and_drilled() {
+    auth_enabled_backup_and_drill(EtcdVersion::V35);
+}
+
+/// etcd with `auth enable`: a backup as `root` by `source.etcd.username` and
+/// `password_file` works and its drill passes (the scratch etcd keeps auth on and is asked
+/// with a client certificate whose CN is `root`). A wrong password fails naming
+/// `password_file`, no credentials fail saying what to set, and the password is never in
+/// any output.
+fn auth_enabled_backup_and_drill(version: EtcdVersion) {
+    const PASSWORD: &str = "Corr3ct-h0rse-battery";
+    let etcd = EtcdServer::start_version(version, false);
+    load_cluster(&etcd);
+    let ctl = |args: &[&str]| {
+        run_ok(etcd.etcdctl().args(args));
+    };
+    ctl(&["user", "add", "root", "--new-user-password", PASSWORD]);
+    ctl(&["auth", "enable"]);
+    let fx = Fixture::new();
+    write_encryption_config(&fx, &CBC_KEY);
+    std::fs::create_dir_all(fx.path("scratch")).unwrap();
+    let password_file = fx.path("etcd-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let wrong_file = fx.path("wrong-password");
+    std::fs::write(&wrong_file, "not-the-password\n").unwrap();
+    let (_, url) = fx.file_url("backups");
+    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let source = |credentials: &str| {
+        fx.etcd_source_for(&etcd).replace(
+            "    timeout: 5s\n",
+            &format!("    timeout: 5s\n{credentials}"),
+        )
+    };
+    let with = |file: &Path| {
+        format!(
+            "    username: root\n    password_file: {}\n",
+            file.display()
+        )
+    };
+    let good = fx.write_config("good.yaml", &source(&with(&password_file)), &targets, "");
+    let wrong = fx.write_config("wrong.yaml", &source(&with(&wrong_file)), &targets, "");
+    let none = fx.write_config("none.yaml", &source(""), &targets, "");
+
+    let out = run(fx.cmd(&good).args(["-vv", "backup", "--no-prune"]));
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    assert!(
+        !describe_output(&out).contains(PASSWORD),
+        "the password was printed"
+    );
+    let out = run(drill_cmd(&fx, &good, None)
+        .arg("--etcd-bin-dir")
+        .arg(version.bin_dir()));
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    let record = json(&out);
+    assert_eq!(check(&record, "key counts")["ok"], true, "{record}");
+
+    let out = run(fx.cmd(&wrong).args(["backup", "--no-prune"]));
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("source.etcd.password_file") && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-password") && !err.contains(PASSWORD),
+        "{err}"
+    );
+
+    let out = run(fx.cmd(&none).args(["backup", "--no-prune"]));
+    assert_ne!(exit_code(&out), 0, "{}", describe_output(&out));
+    assert!(
+        stderr_str(&out).contains("source.etcd.username"),
+        "{}",
+        describe_output(&out)
+    );
+    // The config check does not read the password either.
+    let out = run(fx.cmd(&good).args(["config", "check", "--connect"]));
+    assert!(!describe_output(&out).contains(PASSWORD));
 }

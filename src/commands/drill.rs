@@ -5,9 +5,11 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::drill::{DrillHost, DrillRecord};
+use crate::error::Stopped;
 use crate::ops::drill::{execute, outcome};
 use crate::repo::Repository;
 use crate::settings::DrillSettings;
+use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &DrillSettings) -> anyhow::Result<()> {
     let repo = Repository::primary(config)?;
@@ -15,7 +17,22 @@ pub async fn run(config: &Config, args: &DrillSettings) -> anyhow::Result<()> {
         scratch_dir: args.scratch_dir.clone(),
         etcd_bin_dir: args.etcd_bin_dir.clone(),
     };
-    let (record, stored) = execute(&repo, &args.selection, &args.identities, &host).await?;
+    let drill = execute(&repo, &args.selection, &args.identities, &host);
+    // A stopped drill stops its scratch etcd and removes its scratch directory (both
+    // happen when the drill is dropped), then exits 128 + the signal.
+    let (record, stored) = tokio::select! {
+        done = drill => done?,
+        name = crate::ops::stop_signal() => {
+            return Err(Stopped {
+                name,
+                cleaned: format!(
+                    "the drill's etcd was stopped and its scratch directory under {} removed",
+                    host.scratch_dir.display()
+                ),
+            }
+            .into());
+        }
+    };
     print(&record, args.json)?;
     let key = stored.context("the drill ran, but its record could not be stored")?;
     tracing::info!(
@@ -30,19 +47,19 @@ pub async fn run(config: &Config, args: &DrillSettings) -> anyhow::Result<()> {
 
 fn print(record: &DrillRecord, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(record)?);
+        outln!("{}", serde_json::to_string_pretty(record)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "drill of {}: {}",
         record.backup_id,
         if record.ok { "OK" } else { "FAILED" }
     );
     if let Some(version) = &record.etcd_version {
-        println!("  {:<42} {:<6} {version}", "etcd release used", "");
+        outln!("  {:<42} {:<6} {version}", "etcd release used", "");
     }
     for warning in &record.warnings {
-        println!("  warning: {warning}");
+        outln!("  warning: {warning}");
     }
     for check in &record.checks {
         let outcome = match check.ok {
@@ -50,7 +67,7 @@ fn print(record: &DrillRecord, json: bool) -> anyhow::Result<()> {
             Some(false) => "FAILED",
             None => "n/a",
         };
-        println!("  {:<42} {outcome:<6} {}", check.name, check.detail);
+        outln!("  {:<42} {outcome:<6} {}", check.name, check.detail);
     }
     Ok(())
 }

@@ -48,6 +48,10 @@ pub struct EtcdSource {
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// etcd user for password authentication (etcdctl's `--user`), with `password_file`.
+    pub username: Option<String>,
+    /// A file holding that user's password (one line); read when connecting, never logged.
+    pub password_file: Option<PathBuf>,
     /// Connect timeout, and the longest silence tolerated inside the snapshot stream.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -222,10 +226,32 @@ fn validate_etcd(mut etcd: EtcdSource, check_files: bool) -> Result<EtcdSource, 
             "client certificate and key go together; set both `cert` and `key`, or neither",
         ));
     }
+    match (&etcd.username, &etcd.password_file) {
+        (Some(user), Some(_)) if user.is_empty() || user.contains(':') => {
+            return Err(ConfigError::new(
+                "source.etcd.username",
+                "must be an etcd user name (not empty, no `:`); the password goes in `password_file`",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "source.etcd.password_file",
+                "missing: `username` needs the file that holds its password (one line, mode 0600); the password itself never goes in the config",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "source.etcd.username",
+                "missing: `password_file` is the password of an etcd user; name the user too",
+            ));
+        }
+        _ => {}
+    }
     for (name, path) in [
         ("cacert", &etcd.cacert),
         ("cert", &etcd.cert),
         ("key", &etcd.key),
+        ("password_file", &etcd.password_file),
     ] {
         if let Some(path) = path.as_ref().filter(|_| check_files) {
             readable_file(&format!("source.etcd.{name}"), path)?;

@@ -239,7 +239,13 @@ pub async fn run(inputs: DrillInputs<'_>, host: &DrillHost) -> Result<DrillRecor
     };
 
     // 3. Restore with the stock tools and start a throwaway etcd on it.
-    let etcd = match ScratchEtcd::start(&tools, &scratch.path, &snapshot_file).await {
+    let started = ScratchEtcd::start(&tools, &scratch.path, &snapshot_file).await;
+    // The decrypted snapshot is not kept beside the running member (its data directory
+    // holds the restored copy).
+    if let Err(e) = std::fs::remove_file(&snapshot_file) {
+        tracing::warn!(file = %snapshot_file.display(), error = %e, "cannot remove the drill's decrypted snapshot");
+    }
+    let etcd = match started {
         Ok(etcd) => etcd,
         Err(problem) => {
             record.checks.push(Check::new(

@@ -2,6 +2,7 @@
 //! ports, in a scratch directory that goes away with it, whatever happened.
 
 use std::net::TcpListener;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -134,9 +135,8 @@ impl RestoreTool {
     /// child gets no environment of this process (credentials stay here). Errors carry
     /// the tool's last words.
     pub fn restore(&self, snapshot: &Path, member: &MemberSpec<'_>) -> Result<(), String> {
-        let mut cmd = Command::new(&self.path);
-        cmd.env_clear()
-            .env("ETCDCTL_API", "3")
+        let mut cmd = child_command(&self.path);
+        cmd.env("ETCDCTL_API", "3")
             .arg("snapshot")
             .arg("restore")
             .arg(snapshot)
@@ -228,6 +228,7 @@ impl ScratchDir {
     /// Creates `<parent>/etcd-offsite-drill-<id>-<pid>` after checking that `parent` has
     /// room for `needed` bytes.
     pub fn create(parent: &Path, id: &str, needed: u64) -> Result<Self, CannotRun> {
+        sweep_stale(parent);
         let name = format!("etcd-offsite-drill-{id}-{}", std::process::id());
         Self::make(
             parent,
@@ -288,7 +289,38 @@ impl ScratchDir {
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
+/// Removes the scratch directories of drills that were killed (SIGKILL, a crash, a power
+/// cut) and so could not remove their own: `etcd-offsite-drill-<id>-<pid>` whose process
+/// is gone. Their etcd died with them (`PR_SET_PDEATHSIG`); their data must not stay.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("etcd-offsite-drill-"))
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if alive || !is_dir {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), "removed the scratch directory of a drill that was killed")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove the scratch directory of a drill that was killed")
+            }
+        }
+    }
+}
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -303,6 +335,7 @@ pub struct ScratchEtcd {
     child: Child,
     pub endpoint: String,
     log: PathBuf,
+    tls: ScratchTls,
 }
 
 impl Drop for ScratchEtcd {
@@ -318,9 +351,10 @@ impl ScratchEtcd {
     pub async fn start(tools: &EtcdTools, scratch: &Path, snapshot: &Path) -> Result<Self, String> {
         let client_port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
         let peer_port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("https://127.0.0.1:{peer_port}");
+        let endpoint = format!("https://127.0.0.1:{client_port}");
         let data = scratch.join("data");
+        let tls = ScratchTls::create(scratch).map_err(|e| format!("drill certificates: {e}"))?;
         tools.restore.restore(
             snapshot,
             &MemberSpec {
@@ -335,7 +369,7 @@ impl ScratchEtcd {
         let log = scratch.join("etcd.log");
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(&tools.etcd)
+        let child = child_command(&tools.etcd)
             .args(["--name", "drill", "--data-dir"])
             .arg(&data)
             .arg("--listen-client-urls")
@@ -348,6 +382,24 @@ impl ScratchEtcd {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("drill={peer}"))
+            // Only the drill can talk to this member (it serves decrypted data): mutual
+            // TLS with a CA made for this drill alone, on the client and the peer port.
+            // The client certificate's CN is `root`, which etcd takes as the user when
+            // the restored data has authentication enabled.
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--cert-file")
+            .arg(&tls.server_cert)
+            .arg("--key-file")
+            .arg(&tls.server_key)
+            .arg("--peer-client-cert-auth")
+            .arg("--peer-trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--peer-cert-file")
+            .arg(&tls.server_cert)
+            .arg("--peer-key-file")
+            .arg(&tls.server_key)
             // Drills read large values; nothing else talks to this member.
             .args([
                 "--max-request-bytes",
@@ -364,6 +416,7 @@ impl ScratchEtcd {
             child,
             endpoint,
             log,
+            tls,
         };
         etcd.wait_ready().await?;
         Ok(etcd)
@@ -398,9 +451,11 @@ impl ScratchEtcd {
             discover: None,
             base_dir: None,
             node_name: None,
-            cacert: None,
-            cert: None,
-            key: None,
+            cacert: Some(self.tls.ca.clone()),
+            cert: Some(self.tls.client_cert.clone()),
+            key: Some(self.tls.client_key.clone()),
+            username: None,
+            password_file: None,
             timeout: Duration::from_secs(10),
             read_rate_limit: None,
             pace: crate::config::Pace::Off,
@@ -412,6 +467,112 @@ impl ScratchEtcd {
 
     fn log_tail(&self) -> String {
         last_line(&std::fs::read(&self.log).unwrap_or_default())
+    }
+}
+
+/// A child of the drill: an environment cleared down to a PATH (no store credentials or
+/// anything else of this process reaches it), its own process group (a terminal's Ctrl-C
+/// reaches the drill, which stops it), and killed by the kernel when the drill dies,
+/// however it dies (`PR_SET_PDEATHSIG`).
+fn child_command(program: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .process_group(0);
+    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            let parent = libc::getppid();
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The drill died before the death signal was armed.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the drill is gone"));
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate with CN
+/// `root`, made for one drill and kept (owner-only) in its scratch directory.
+struct ScratchTls {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl ScratchTls {
+    fn create(scratch: &Path) -> Result<Self, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let fail = |e: rcgen::Error| e.to_string();
+        let dir = scratch.join("tls");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "etcd-offsite drill CA");
+        let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |cn: &str, purposes: Vec<ExtendedKeyUsagePurpose>, server: bool| {
+            let key = KeyPair::generate().map_err(fail)?;
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = purposes;
+            if server {
+                params.subject_alt_names = vec![SanType::IpAddress(std::net::IpAddr::V4(
+                    std::net::Ipv4Addr::LOCALHOST,
+                ))];
+            }
+            let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+            Ok::<_, String>((cert.pem(), key.serialize_pem()))
+        };
+        // The server certificate is the peer client too.
+        let (server_cert, server_key) = leaf(
+            "etcd-offsite drill",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            true,
+        )?;
+        let (client_cert, client_key) =
+            leaf("root", vec![ExtendedKeyUsagePurpose::ClientAuth], false)?;
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Ok::<_, String>(path)
+        };
+        Ok(Self {
+            ca: write("ca.pem", &ca_cert.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server-key.pem", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+        })
     }
 }
 

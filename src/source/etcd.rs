@@ -90,7 +90,12 @@ impl EtcdMember {
         let status = tokio::time::timeout(config.timeout, client.status())
             .await
             .map_err(|_| fail(format!("no status answer within {:?}", config.timeout)))?
-            .map_err(|e| fail(format!("status failed: {}", plain(&e))))?;
+            .map_err(|e| {
+                fail(with_auth_hint(
+                    config,
+                    format!("status failed: {}", plain(&e)),
+                ))
+            })?;
         // Status and Snapshot are answered locally: a member cut off from the quorum would
         // serve stale data. One that knows no leader, or reports errors, is not healthy.
         if status.leader() == 0 {
@@ -226,7 +231,7 @@ impl EtcdMember {
     fn error(&self, reason: String) -> EtcdError {
         EtcdError {
             endpoint: self.endpoint.clone(),
-            reason,
+            reason: with_auth_hint(&self.config, reason),
         }
     }
 
@@ -269,11 +274,19 @@ async fn client_for(config: &EtcdSource, endpoint: &str) -> Result<Client, EtcdE
     if endpoint.starts_with("https://") {
         options = options.with_tls(tls_options(config).map_err(fail)?);
     }
+    if let (Some(user), Some(file)) = (&config.username, &config.password_file) {
+        options = options.with_user(user, read_password(file).map_err(fail)?);
+    }
     let connect = Client::connect([endpoint], Some(options));
     tokio::time::timeout(config.timeout, connect)
         .await
         .map_err(|_| fail(format!("no connection within {:?}", config.timeout)))?
-        .map_err(|e| fail(format!("cannot connect: {}", plain(&e))))
+        .map_err(|e| {
+            fail(with_auth_hint(
+                config,
+                format!("cannot connect: {}", plain(&e)),
+            ))
+        })
 }
 
 /// One readable line for an etcd client error: the innermost cause (the system's words,
@@ -311,6 +324,50 @@ fn plain(err: &etcd_client::Error) -> String {
     match hint {
         Some(hint) => format!("{text} ({hint})"),
         None => text,
+    }
+}
+
+/// The password in `source.etcd.password_file`: its first line (a trailing newline is not
+/// part of it). Errors name the file, never its contents.
+fn read_password(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "cannot read source.etcd.password_file {}: {}",
+            file.display(),
+            e.kind()
+        )
+    })?;
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(format!(
+            "source.etcd.password_file {} is empty; put the user's password on its first line",
+            file.display()
+        ));
+    }
+    Ok(password.to_string())
+}
+
+/// etcd's answers about authentication, with what to do about them.
+fn with_auth_hint(config: &EtcdSource, reason: String) -> String {
+    if reason.contains("authentication failed") {
+        let user = config.username.as_deref().unwrap_or_default();
+        let file = config
+            .password_file
+            .as_ref()
+            .map_or(String::new(), |f| f.display().to_string());
+        format!(
+            "{reason}; check `source.etcd.username` ({user}) and the password in `source.etcd.password_file` ({file})"
+        )
+    } else if reason.contains("user name is empty") || reason.contains("invalid auth token") {
+        format!(
+            "{reason}; etcd has authentication enabled: set `source.etcd.username` and `source.etcd.password_file`, or use a client certificate (`cert`, `key`) whose CN is an etcd user with the root role"
+        )
+    } else if reason.contains("permission denied") {
+        format!(
+            "{reason}; the etcd user needs the root role: a snapshot is an admin call (`etcdctl user grant-role USER root`)"
+        )
+    } else {
+        reason
     }
 }
 
