@@ -172,6 +172,12 @@ pub fn open_key_dir(root: &Path, key: &str) -> io::Result<(KeyDir, String)> {
     let Some((name, dirs)) = parts.split_last() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty key"));
     };
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("key {key} leaves the target"),
+        ));
+    }
     let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut dir = KeyDir {
         fd: rustix::fs::open(
@@ -181,21 +187,13 @@ pub fn open_key_dir(root: &Path, key: &str) -> io::Result<(KeyDir, String)> {
         )?,
         path: root.to_path_buf(),
     };
-    for part in dirs.iter().copied().chain(std::iter::once(*name)) {
-        if part == "." || part == ".." {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("key {key} leaves the target"),
-            ));
-        }
-    }
     for part in dirs {
         let path = dir.path.join(part);
         let opened = match rustix::fs::openat(&dir.fd, *part, directory, Mode::empty()) {
             Err(rustix::io::Errno::NOENT) => {
                 match rustix::fs::mkdirat(&dir.fd, *part, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(io::Error::from(e)),
+                    Err(e) => return Err(dir.refusal(part, e)),
                 }
                 rustix::fs::openat(&dir.fd, *part, directory, Mode::empty())
             }
@@ -365,6 +363,60 @@ mod tests {
         assert!(outside.join("snapshot.db.zst.age").exists());
         assert!(check_inside(&root, "c/20261123T104649Z/manifest.json").is_ok());
         assert!(check_inside(&root, "c/../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn writes_never_go_through_a_link() {
+        let scratch = crate::scratch_dir();
+        let root = scratch.path().join("target");
+        let outside = scratch.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("c")).unwrap();
+        let root = root.canonicalize().unwrap();
+        let refused = |e: io::Error| {
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("{} is a symbolic link", root.join("c").display()))
+                    && text.contains("real directory"),
+                "{text}"
+            );
+        };
+        refused(create(&root, "c/1/manifest.json", b"x").unwrap_err());
+        refused(
+            LocalUpload::start(&root, "c/1/snapshot.db.zst.age")
+                .err()
+                .unwrap(),
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        std::fs::remove_file(root.join("c")).unwrap();
+
+        // Create-only, also over a link planted at the object's own name.
+        assert!(create(&root, "c/1/manifest.json", b"a").unwrap());
+        assert!(!create(&root, "c/1/manifest.json", b"b").unwrap());
+        assert_eq!(std::fs::read(root.join("c/1/manifest.json")).unwrap(), b"a");
+        std::os::unix::fs::symlink(outside.join("x"), root.join("c/1/lock")).unwrap();
+        assert!(!create(&root, "c/1/lock", b"b").unwrap());
+        assert!(!outside.join("x").exists());
+
+        let upload = LocalUpload::start(&root, "c/1/snapshot.db.zst.age").unwrap();
+        upload.put(b"ab").unwrap();
+        upload.put(b"cd").unwrap();
+        upload.finish().unwrap();
+        assert_eq!(
+            std::fs::read(root.join("c/1/snapshot.db.zst.age")).unwrap(),
+            b"abcd"
+        );
+        let aborted = LocalUpload::start(&root, "c/1/other").unwrap();
+        aborted.put(b"x").unwrap();
+        aborted.abort();
+        let names: Vec<String> = walk(&root, "c")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(names, ["c/1/manifest.json", "c/1/snapshot.db.zst.age"]);
+        assert!(create(&root, "c/../x", b"x").is_err());
     }
 
     #[test]
