@@ -996,6 +996,38 @@ fn bad_inputs_give_their_exit_code_and_a_clear_message_never_a_panic() {
         config_case(format!("{good_text}schedule: {{ cron: \"every day\" }}\n")),
     );
     case(
+        "cron that never fires",
+        2,
+        "no occurrence within the next year",
+        config_case(format!("{good_text}schedule: {{ cron: \"0 0 30 2 *\" }}\n")),
+    );
+    case(
+        "cron every second",
+        2,
+        "more often than once a minute",
+        config_case(format!(
+            "{good_text}schedule: {{ cron: \"* * * * * *\" }}\n"
+        )),
+    );
+    case(
+        "drill cron every ten seconds",
+        2,
+        "`schedule.drill.cron`",
+        config_case(format!(
+            "{good_text}schedule: {{ cron: \"0 3 * * *\", drill: {{ cron: \"*/10 * * * * *\", identities: [\"{}\"] }} }}\n",
+            fx.snapshot_key.display()
+        )),
+    );
+    case(
+        "etcd username without a password file",
+        2,
+        "`source.etcd.password_file`",
+        config_case(replaced(
+            "    timeout: 5s\n",
+            "    timeout: 5s\n    username: root\n",
+        )),
+    );
+    case(
         "empty signing section",
         2,
         "`signing`",
@@ -1289,6 +1321,44 @@ fn bad_inputs_give_their_exit_code_and_a_clear_message_never_a_panic() {
         fs::write(&snapshot_b, bytes).unwrap();
         out
     });
+
+    case("snapshot replaced by a zstd bomb", 3, "stored size is", {
+        let bomb = run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg("head -c 64M /dev/zero | zstd -q -c | age -r \"$1\"")
+                .arg("sh")
+                .arg(&fx.snapshot_recipient),
+        )
+        .stdout;
+        with_file(&snapshot_b, &bomb, || {
+            run(fx
+                .cmd(&good)
+                .args(["restore", b.as_str(), "--to"])
+                .arg(fx.path("restore-bomb"))
+                .args(fx.identity_args()))
+        })
+    });
+    case(
+        "cluster directory linked out of a file:// target",
+        1,
+        "is a symbolic link",
+        {
+            let (linked_dir, linked_url) = fx.file_url("linked-target");
+            let outside = fx.path("outside-target");
+            fs::create_dir_all(&outside).unwrap();
+            std::os::unix::fs::symlink(&outside, linked_dir.join("test")).unwrap();
+            let linked = fx.write_config(
+                "linked.yaml",
+                &source,
+                &format!("  snapshot: {{ url: \"{linked_url}\" }}\n"),
+                "",
+            );
+            let out = run(fx.cmd(&linked).args(["backup", "--no-prune"]));
+            assert!(files_below(&outside).is_empty(), "written through the link");
+            out
+        },
+    );
 
     // ---- identities
     let verify_with = |ids: &[&Path]| {
