@@ -62,6 +62,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Restore a backup into a scratch etcd on loopback and check it holds what was recorded.
     Drill(DrillArgs),
+    /// Copy complete trusted backups (both artifacts, signature, drill records) to a
+    /// replica, checking them there; the copy's manifest is written last.
+    Copy(CopyArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -87,6 +90,9 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -105,6 +111,9 @@ pub struct Selection {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
     /// Backup id (see `list`).
     #[arg(conflicts_with_all = ["latest", "all"])]
     pub id: Option<String>,
@@ -124,6 +133,9 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
     #[command(flatten)]
     pub selection: Selection,
     /// Directory to write snapshot_<ts>.db and static_kuberesources_<ts>.tar.gz into.
@@ -198,6 +210,9 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
     #[command(flatten)]
     pub selection: Selection,
     /// age identity files (the snapshot's, and the keys archive's to check the encryption keys).
@@ -217,6 +232,9 @@ pub struct DrillArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -231,6 +249,25 @@ pub struct StatusArgs {
     /// config's; exit 5 when any is stale.
     #[arg(long)]
     pub all_clusters: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Backup id (see `list`).
+    #[arg(conflicts_with_all = ["latest", "all"])]
+    pub id: Option<String>,
+    /// The newest complete backup (the default).
+    #[arg(long, conflicts_with = "all")]
+    pub latest: bool,
+    /// Every complete backup (oldest first; those already complete in the replica are skipped).
+    #[arg(long)]
+    pub all: bool,
+    /// The replica to copy to (`replicas:` in the config).
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

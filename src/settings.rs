@@ -33,6 +33,7 @@ pub enum CommandSettings {
     Run(Box<RunSettings>),
     Status(StatusSettings),
     Drill(DrillSettings),
+    Copy(CopySettings),
     ConfigCheck {
         connect: bool,
         offline: bool,
@@ -51,6 +52,7 @@ impl CommandSettings {
             Self::Run(_) => "run",
             Self::Status(_) => "status",
             Self::Drill(_) => "drill",
+            Self::Copy(_) => "copy",
             Self::ConfigCheck { .. } => "config",
         }
     }
@@ -70,22 +72,28 @@ pub struct BackupSettings {
 }
 
 pub struct ListSettings {
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
     pub json: bool,
 }
 
-/// Which backups `verify` checks.
-pub enum VerifyScope {
+/// Which backups `verify` checks or `copy` copies.
+pub enum BackupScope {
     One(Selection),
     All,
 }
 
 pub struct VerifySettings {
-    pub scope: VerifyScope,
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
+    pub scope: BackupScope,
     pub identities: Identities,
     pub json: bool,
 }
 
 pub struct RestoreSettings {
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
     pub selection: Selection,
     pub into: RestoreInto,
     pub identities: Identities,
@@ -125,6 +133,8 @@ pub struct RunSettings {
 }
 
 pub struct StatusSettings {
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
     pub json: bool,
     pub max_age: Option<Duration>,
     pub max_drill_age: Option<Duration>,
@@ -132,7 +142,16 @@ pub struct StatusSettings {
     pub all_clusters: bool,
 }
 
+pub struct CopySettings {
+    pub scope: BackupScope,
+    /// The replica's name.
+    pub to: String,
+    pub json: bool,
+}
+
 pub struct DrillSettings {
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
     pub selection: Selection,
     pub identities: Identities,
     pub json: bool,
@@ -153,7 +172,8 @@ impl Settings {
             | Command::Restore(_)
             | Command::Prune(_)
             | Command::Status(_)
-            | Command::Drill(_) => Purpose::ReadBackups,
+            | Command::Drill(_)
+            | Command::Copy(_) => Purpose::ReadBackups,
         };
         let config = config::load(&cli.config, purpose)?;
         let command = match cli.command {
@@ -166,17 +186,22 @@ impl Settings {
                     .map(|d| bounded_flag("--skip-if-newer-than", d))
                     .transpose()?,
             }),
-            Command::List(args) => CommandSettings::List(ListSettings { json: args.json }),
+            Command::List(args) => CommandSettings::List(ListSettings {
+                replica: args.replica,
+                json: args.json,
+            }),
             Command::Verify(args) => CommandSettings::Verify(VerifySettings {
+                replica: args.replica,
                 scope: if args.all {
-                    VerifyScope::All
+                    BackupScope::All
                 } else {
-                    VerifyScope::One(selection(args.id))
+                    BackupScope::One(selection(args.id))
                 },
                 identities: Identities::load(&args.identities)?,
                 json: args.json,
             }),
             Command::Restore(args) => CommandSettings::Restore(RestoreSettings {
+                replica: args.replica,
                 selection: selection(args.selection.id),
                 into: match (args.data_dir, args.to) {
                     (Some(data_dir), _) => RestoreInto::DataDir(MemberRestore {
@@ -220,6 +245,7 @@ impl Settings {
                 metrics_listen: args.metrics_listen,
             })),
             Command::Status(args) => CommandSettings::Status(StatusSettings {
+                replica: args.replica,
                 json: args.json,
                 max_age: args
                     .max_age
@@ -232,11 +258,21 @@ impl Settings {
                 all_clusters: args.all_clusters,
             }),
             Command::Drill(args) => CommandSettings::Drill(DrillSettings {
+                replica: args.replica,
                 selection: selection(args.selection.id),
                 identities: Identities::load(&args.identities)?,
                 json: args.json,
                 scratch_dir: args.scratch_dir,
                 etcd_bin_dir: args.etcd_bin_dir,
+            }),
+            Command::Copy(args) => CommandSettings::Copy(CopySettings {
+                scope: if args.all {
+                    BackupScope::All
+                } else {
+                    BackupScope::One(selection(args.id))
+                },
+                to: args.to,
+                json: args.json,
             }),
             Command::Config(ConfigCommand::Check { connect, offline }) => {
                 CommandSettings::ConfigCheck { connect, offline }

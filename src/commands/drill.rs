@@ -12,7 +12,7 @@ use crate::settings::DrillSettings;
 use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &DrillSettings) -> anyhow::Result<()> {
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let host = DrillHost {
         scratch_dir: args.scratch_dir.clone(),
         etcd_bin_dir: args.etcd_bin_dir.clone(),

@@ -76,7 +76,7 @@ impl<'a> ListedBackup<'a> {
 }
 
 pub async fn run(config: &Config, args: &ListSettings) -> anyhow::Result<()> {
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let now = Utc::now();
     let catalog = repo.catalog(now).await?;
     let mut listed: Vec<ListedBackup> = catalog

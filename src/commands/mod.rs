@@ -3,6 +3,7 @@
 
 mod backup;
 mod config_check;
+mod copy;
 mod drill;
 mod list;
 mod prune;
@@ -89,6 +90,7 @@ async fn dispatch(settings: &Settings) -> anyhow::Result<()> {
         CommandSettings::Run(args) => run::run(config, args).await,
         CommandSettings::Status(args) => status::run(config, args).await,
         CommandSettings::Drill(args) => drill::run(config, args).await,
+        CommandSettings::Copy(args) => copy::run(config, args).await,
         CommandSettings::ConfigCheck { connect, offline } => {
             config_check::run(config, &settings.config_path, *connect, *offline).await
         }

@@ -22,7 +22,7 @@ use crate::telemetry::outln;
 
 pub async fn run(config: &Config, args: &RestoreSettings) -> anyhow::Result<()> {
     let identities = &args.identities;
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let (to, snapshot_only) = match &args.into {
         RestoreInto::DataDir(member) => {
             // The directory and the tool are checked before anything is read.

@@ -63,7 +63,7 @@ fn ago(age: i64) -> String {
 }
 
 pub async fn run(config: &Config, args: &StatusSettings) -> anyhow::Result<()> {
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let now = Utc::now();
     let catalog = repo.catalog(now).await?;
     // Status writes nothing (monitoring may hold read-only credentials): it can tell a
@@ -272,7 +272,7 @@ async fn fleet_status(
     config: &Config,
     args: &StatusSettings,
 ) -> anyhow::Result<(FleetStatus, Option<anyhow::Error>)> {
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let now = Utc::now();
     let prefixes = repo.cluster_prefixes().await?;
     if prefixes.ignored_count > 0 {

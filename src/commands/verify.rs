@@ -11,7 +11,7 @@ use crate::error::{ExitKind, IntegrityError, UsageError, exit_kind};
 use crate::manifest::{ArtifactKind, Manifest};
 use crate::pipeline::{FetchError, Identities, fetch};
 use crate::repo::{Repository, Selection, Signature, Standing};
-use crate::settings::{VerifyScope, VerifySettings};
+use crate::settings::{BackupScope, VerifySettings};
 use crate::source::static_resources::check_archive;
 use crate::telemetry::outln;
 
@@ -36,10 +36,10 @@ struct ArtifactReport {
 
 pub async fn run(config: &Config, args: &VerifySettings) -> anyhow::Result<()> {
     let identities = &args.identities;
-    let repo = Repository::primary(config)?;
+    let repo = Repository::reading(config, args.replica.as_deref())?;
     let mut reports = Vec::new();
     match &args.scope {
-        VerifyScope::All => {
+        BackupScope::All => {
             let catalog = repo.catalog(Utc::now()).await?;
             for entry in catalog.entries() {
                 match &entry.standing {
@@ -60,10 +60,10 @@ pub async fn run(config: &Config, args: &VerifySettings) -> anyhow::Result<()> {
                 .into());
             }
         }
-        VerifyScope::One(Selection::Id(id)) => {
+        BackupScope::One(Selection::Id(id)) => {
             reports.push(verify_one(&repo, id, identities).await?);
         }
-        VerifyScope::One(Selection::Latest) => match repo.select(&Selection::Latest).await {
+        BackupScope::One(Selection::Latest) => match repo.select(&Selection::Latest).await {
             Ok(manifest) => {
                 reports.push(verify_backup(&repo, &manifest, identities).await?);
             }

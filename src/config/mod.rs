@@ -23,7 +23,7 @@ pub use self::compression::{Compression, Priority};
 pub use self::encryption::{Encryption, Recipients};
 pub use self::schedule::{DrillSchedule, Schedule};
 pub use self::source::{EtcdSource, Pace, SnapshotSource, StaticResources, StaticSelection};
-pub use self::targets::{MAX_LOCK_STALE_AFTER, TargetConfig, Targets};
+pub use self::targets::{MAX_LOCK_STALE_AFTER, Replica, TargetConfig, Targets};
 use crate::duration::MAX_DURATION;
 use crate::error::ConfigError;
 use crate::retention::RetentionPolicy;
@@ -39,6 +39,8 @@ pub struct Config {
     pub priority: Priority,
     pub encryption: Encryption,
     pub targets: Targets,
+    /// Copies in other targets (`copy --to NAME`, `--replica NAME`).
+    pub replicas: Vec<Replica>,
     pub retention: Option<RetentionPolicy>,
     pub schedule: Option<Schedule>,
     pub labels: BTreeMap<String, String>,
@@ -58,6 +60,8 @@ struct RawConfig {
     priority: Priority,
     encryption: encryption::RawEncryption,
     targets: targets::RawTargets,
+    #[serde(default)]
+    replicas: Vec<targets::RawReplica>,
     retention: Option<RetentionPolicy>,
     schedule: Option<schedule::RawSchedule>,
     #[serde(default)]
@@ -146,6 +150,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         static_resources.is_some() || matches!(source, SnapshotSource::BackupDir { .. });
     let encryption = encryption::resolve(raw.encryption, has_static, check_files)?;
     let targets = targets::resolve(raw.targets)?;
+    let replicas = targets::resolve_replicas(raw.replicas, &targets)?;
 
     if let Some(policy) = &raw.retention {
         if policy.is_empty() {
@@ -177,6 +182,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         priority: raw.priority,
         encryption,
         targets,
+        replicas,
         retention: raw.retention,
         schedule,
         labels: raw.labels,

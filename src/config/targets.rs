@@ -93,6 +93,79 @@ pub(super) fn resolve(raw: RawTargets) -> Result<Targets, ConfigError> {
     })
 }
 
+/// A second (third…) copy of the backups in other targets, filled by `copy` (`replicas:`),
+/// with the primary's layout.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub name: String,
+    pub snapshot: TargetConfig,
+    /// Defaults to the replica's snapshot target.
+    pub static_resources: TargetConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReplica {
+    name: String,
+    snapshot: TargetConfig,
+    static_resources: Option<TargetConfig>,
+}
+
+/// The replicas: named like clusters, each name once, each in other locations than the
+/// primary targets (a copy onto its own source is no copy).
+pub(super) fn resolve_replicas(
+    raw: Vec<RawReplica>,
+    targets: &Targets,
+) -> Result<Vec<Replica>, ConfigError> {
+    let mut replicas: Vec<Replica> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("replicas[{i}]");
+        if !crate::config::is_cluster_name(&r.name) {
+            return Err(ConfigError::new(
+                format!("{key}.name"),
+                format!(
+                    "{:?}: use 1-63 letters, digits, '-', '_' or '.' (e.g. dr)",
+                    r.name
+                ),
+            ));
+        }
+        if replicas.iter().any(|other| other.name == r.name) {
+            return Err(ConfigError::new(
+                format!("{key}.name"),
+                format!("{:?} names two replicas; give each its own name", r.name),
+            ));
+        }
+        validate_target(&format!("{key}.snapshot"), &r.snapshot)?;
+        let static_resources = match r.static_resources {
+            Some(t) => {
+                validate_target(&format!("{key}.static_resources"), &t)?;
+                t
+            }
+            None => r.snapshot.clone(),
+        };
+        for (side, target) in [
+            ("snapshot", &r.snapshot),
+            ("static_resources", &static_resources),
+        ] {
+            if [&targets.snapshot, &targets.static_resources]
+                .iter()
+                .any(|primary| crate::store::same_location(primary, target))
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.{side}"),
+                    "is one of the primary targets: a replica must be another location (another bucket, prefix or store)",
+                ));
+            }
+        }
+        replicas.push(Replica {
+            name: r.name,
+            snapshot: r.snapshot,
+            static_resources,
+        });
+    }
+    Ok(replicas)
+}
+
 /// Storage schemes and the object_store option keys each accepts.
 fn validate_target(key: &str, target: &TargetConfig) -> Result<(), ConfigError> {
     let url = Url::parse(&target.url).map_err(|e| {
@@ -280,6 +353,20 @@ fn check_plain_http(key: &str, scheme: &str, target: &TargetConfig) -> Result<()
 #[cfg(test)]
 mod tests {
     use crate::config::testing::*;
+
+    #[test]
+    fn replicas_are_named_once_and_elsewhere() {
+        let with = |replicas: &str| format!("{}replicas:\n{replicas}", snapshot_only());
+        let dr = "  - name: dr\n    snapshot: { url: \"s3://dr-backups/etcd\" }\n";
+        let cfg = crate::config::parse(&with(dr), crate::config::Purpose::TakeBackups).unwrap();
+        assert_eq!(cfg.replicas[0].name, "dr");
+        assert_eq!(cfg.replicas[0].static_resources.url, "s3://dr-backups/etcd");
+        assert_eq!(err_key(&with(&format!("{dr}{dr}"))), "replicas[1].name");
+        let onto_primary = "  - name: dr\n    snapshot: { url: \"file:///var/backups/etcd\" }\n";
+        assert_eq!(err_key(&with(onto_primary)), "replicas[0].snapshot");
+        let bad_name = "  - name: \"../x\"\n    snapshot: { url: \"s3://dr-backups/etcd\" }\n";
+        assert_eq!(err_key(&with(bad_name)), "replicas[0].name");
+    }
 
     #[test]
     fn bad_targets() {

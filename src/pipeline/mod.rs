@@ -15,7 +15,8 @@ use std::io::{self, Write};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use digest::{Hasher, HashingWriter};
+pub use digest::Hasher;
+use digest::HashingWriter;
 pub use fetch::{FetchError, Identities, StoredBytes, fetch};
 
 use crate::config::{Compression, Recipients};
@@ -229,5 +230,53 @@ impl Write for UploadSink {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Streams stored bytes unchanged into `sink` (a copy to another store), stopping at the
+/// size `expected` records and checking its SHA-256 before the sink is finished: a source
+/// that is longer, shorter or different leaves no object behind.
+pub async fn relay<S: Sink>(
+    mut stored: StoredBytes,
+    expected: &crate::manifest::Digest,
+    mut sink: S,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut hasher = Hasher::new(false);
+    let mut seen: u64 = 0;
+    let outcome: anyhow::Result<()> = async {
+        while let Some(part) = stored.next().await {
+            let part = part?;
+            seen += part.len() as u64;
+            if seen > expected.size {
+                return Err(crate::error::IntegrityError(format!(
+                    "the source object is longer than the {} bytes its manifest records",
+                    expected.size
+                ))
+                .into());
+            }
+            hasher.update(&part);
+            sink.put(part).await?;
+        }
+        let digest = hasher.finish()?;
+        if digest != *expected {
+            return Err(crate::error::IntegrityError(format!(
+                "the source object ({} bytes, SHA-256 {}) is not what its manifest records ({} bytes, SHA-256 {})",
+                digest.size,
+                hex::encode(digest.sha256),
+                expected.size,
+                hex::encode(expected.sha256)
+            ))
+            .into());
+        }
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => Ok(sink.finish().await?),
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
+        }
     }
 }

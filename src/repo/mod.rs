@@ -12,6 +12,7 @@
 
 mod catalog;
 pub mod clock;
+mod copy;
 mod delete;
 mod fleet;
 pub mod layout;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, Entry, ManifestProblem, Standing, future_dated};
 pub use clock::StoreClock;
+pub use copy::Copied;
 pub use delete::DeleteError;
 pub use fleet::Freshness;
 use layout::Layout;
@@ -158,6 +160,40 @@ impl Repository {
             signing: &config.signing,
             lock_stale_after: config.targets.lock_stale_after,
         })
+    }
+
+    /// Replica `name` of the config (`replicas:`): the same cluster in its targets.
+    pub fn replica(config: &Config, name: &str) -> anyhow::Result<Self> {
+        let replica = config
+            .replicas
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = config.replicas.iter().map(|r| r.name.as_str()).collect();
+                UsageError(if known.is_empty() {
+                    format!("no replica {name:?}: the config has no `replicas:`")
+                } else {
+                    format!(
+                        "no replica {name:?} in the config; its replicas: {}",
+                        known.join(", ")
+                    )
+                })
+            })?;
+        Self::open(RepositorySpec {
+            cluster: &config.cluster,
+            snapshot: &replica.snapshot,
+            static_resources: &replica.static_resources,
+            signing: &config.signing,
+            lock_stale_after: config.targets.lock_stale_after,
+        })
+    }
+
+    /// What a reading command (`--replica NAME` or not) reads: a replica, or the primary.
+    pub fn reading(config: &Config, replica: Option<&str>) -> anyhow::Result<Self> {
+        match replica {
+            Some(name) => Self::replica(config, name),
+            None => Self::primary(config),
+        }
     }
 
     /// A repository over given targets (unit tests over the in-memory store); a second
