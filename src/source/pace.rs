@@ -5,6 +5,13 @@
 //! at once (multiplicatively), and while it stays below, the rate recovers slowly
 //! (additively, in proportion to the headroom). `read_rate_limit` stays a hard cap.
 //!
+//! A delay-based reader cannot tell whether etcd is slow because of its reads or because
+//! of other load on the host. So, as LEDBAT++ does with its slowdowns, once etcd has stayed
+//! above the target for a while the stream stops for half a second and the probe measures
+//! etcd without it: when etcd is as slow without the backup, the latency is not the
+//! backup's doing, the rate goes back to where it was and the target is raised to that
+//! level (it sinks back once etcd is fast again); when etcd got fast, the backoff stands.
+//!
 //! The same probe is the stream's health check: the read goes through the quorum
 //! (ReadIndex) and asks for a leader, so a member that loses its quorum or its leader
 //! mid-stream fails its probes, and the stream is stopped instead of being committed.
@@ -27,9 +34,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// cut off from its quorum. Unanswered ones count once `source.etcd.timeout` has passed
 /// without an answer: a busy etcd is slow, not gone.
 const LOST_AFTER_REFUSALS: u32 = 3;
-/// The read rate a paced stream starts at, and the lowest it goes to (bytes per second).
-const START_RATE: f64 = 24.0 * MIB;
-const MIN_RATE: f64 = 4.0 * MIB;
+/// The read rate a paced stream starts at (about `etcdctl snapshot save`'s on a 2-core
+/// host, whose cost to etcd is the reference), and the lowest it goes to (bytes per second).
+const START_RATE: f64 = 64.0 * MIB;
+const MIN_RATE: f64 = 8.0 * MIB;
 /// The highest rate the controller asks for without `read_rate_limit` (etcd serves a
 /// snapshot at about 230 MB/s at most).
 const MAX_RATE: f64 = 512.0 * MIB;
@@ -42,8 +50,20 @@ const RECOVERY_SHARE: f64 = 0.25;
 /// The controller steers by the lowest of the last few probes (LEDBAT's current-delay
 /// filter): a lasting rise, not one delayed answer, makes it back off.
 const FILTER_PROBES: usize = 3;
-/// The latency allowed above the baseline: the baseline again, at least this much.
-const TARGET_HEADROOM_FLOOR_MS: f64 = 2.0;
+/// The latency allowed above the baseline: twice the baseline, at least this much (a
+/// snapshot read at `etcdctl`'s rate raises etcd's latency about threefold).
+const TARGET_HEADROOM_FLOOR_MS: f64 = 3.0;
+/// Consecutive probes above the target after which the stream stops for a slowdown.
+const SLOWDOWN_AFTER: u32 = 4;
+/// How long a slowdown stops the stream (two probes).
+const SLOWDOWN: Duration = Duration::from_millis(500);
+/// Slowdowns start at most this often.
+const SLOWDOWN_EVERY: Duration = Duration::from_secs(8);
+/// When etcd is as slow without the backup, the target is raised to this many times the
+/// latency seen during the slowdown.
+const AMBIENT_HEADROOM: f64 = 1.5;
+/// A raised target sinks by this share per probe while etcd answers within half of it.
+const TARGET_DECAY: f64 = 0.9;
 /// Largest burst the rate limiter lets through after a pause.
 const BURST: Duration = Duration::from_millis(20);
 /// Points kept in the recorded timeline; past that it is thinned to every other point.
@@ -70,6 +90,13 @@ pub struct PacingFacts {
     /// The latency the read rate was steered to (`auto`), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ms: Option<f64>,
+    /// Slowdowns: pauses of the stream that measured etcd without the backup's reads.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slowdowns: u32,
+    /// The highest the target was raised to, when a slowdown found etcd as slow without
+    /// the backup (other load on the host), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raised_target_ms: Option<f64>,
     /// etcd's latency while the backup read from it.
     pub during: LatencySummary,
     /// Bytes read from etcd per second of streaming, on average.
@@ -124,6 +151,7 @@ struct Shared {
     mode: Pace,
     cap: Option<f64>,
     baseline_ms: f64,
+    /// The target from the baseline; a slowdown can raise it for a while.
     target_ms: f64,
     /// How long etcd may leave every probe unanswered (`source.etcd.timeout`).
     patience: Duration,
@@ -146,6 +174,24 @@ struct State {
     lost: Option<String>,
     timeline: Vec<RatePoint>,
     timeline_step: f64,
+    /// The target in force (raised above the baseline's while other load slows etcd).
+    target_ms: f64,
+    highest_target_ms: f64,
+    /// Consecutive probes above the target, and the rate before the first of them.
+    over: u32,
+    rate_before_over: f64,
+    slowdown: Option<Slowdown>,
+    last_slowdown: Option<Instant>,
+    slowdowns: u32,
+}
+
+/// A pause of the stream that measures etcd without the backup.
+struct Slowdown {
+    until: Instant,
+    /// The lowest latency seen during it.
+    lowest_ms: f64,
+    /// The rate before etcd rose above the target.
+    rate_before: f64,
 }
 
 impl Pacer {
@@ -180,7 +226,7 @@ impl Pacer {
         }
         // LEDBAT's base delay: the lowest seen, what etcd answers in when nothing queues.
         let baseline_ms = f64::from(percentile(&mut baseline, 0.0));
-        let target_ms = baseline_ms + baseline_ms.max(TARGET_HEADROOM_FLOOR_MS);
+        let target_ms = baseline_ms + (2.0 * baseline_ms).max(TARGET_HEADROOM_FLOOR_MS);
         let cap = cap.map(|c| c as f64);
         let rate = match mode {
             Pace::Auto => cap.map_or(START_RATE, |c| c.min(START_RATE)),
@@ -200,7 +246,7 @@ impl Pacer {
             target_ms,
             patience,
             endpoint: endpoint.to_string(),
-            state: Mutex::new(State::new(rate, baseline_ms)),
+            state: Mutex::new(State::new(rate, baseline_ms, target_ms)),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let probe = tokio::spawn(probe_loop(client, Arc::clone(&shared), stopped));
@@ -265,6 +311,9 @@ impl Pacer {
             rate_cap: shared.cap.map(|c| c as u64),
             baseline_ms: round2(shared.baseline_ms),
             target_ms: (shared.mode == Pace::Auto).then(|| round2(shared.target_ms)),
+            slowdowns: state.slowdowns,
+            raised_target_ms: (state.highest_target_ms > shared.target_ms)
+                .then(|| round2(state.highest_target_ms)),
             during: LatencySummary {
                 p50_ms: round2(during.p50_ms),
                 p99_ms: round2(during.p99_ms),
@@ -317,15 +366,21 @@ impl ReadLimiter {
     /// member has lost its quorum.
     pub async fn after_read(&mut self, bytes: usize) -> Result<(), QuorumLost> {
         let now = Instant::now();
-        let rate = {
+        let (rate, paused_until) = {
             let mut state = self.shared.state();
             if let Some(lost) = &state.lost {
                 return Err(QuorumLost(lost.clone()));
             }
             state.streaming_since.get_or_insert(now);
             state.read += bytes as u64;
-            state.rate
+            (state.rate, state.slowdown.as_ref().map(|s| s.until))
         };
+        if let Some(until) = paused_until.filter(|until| *until > now) {
+            // A slowdown: nothing is read until it ends, and nothing is caught up after.
+            tokio::time::sleep_until(until.into()).await;
+            self.due = None;
+            return Ok(());
+        }
         if !rate.is_finite() {
             return Ok(());
         }
@@ -350,7 +405,7 @@ impl Drop for Pacer {
 }
 
 impl State {
-    fn new(rate: f64, baseline_ms: f64) -> Self {
+    fn new(rate: f64, baseline_ms: f64, target_ms: f64) -> Self {
         Self {
             rate,
             streaming_since: None,
@@ -363,6 +418,13 @@ impl State {
             lost: None,
             timeline: Vec::new(),
             timeline_step: 1.0,
+            target_ms,
+            highest_target_ms: target_ms,
+            over: 0,
+            rate_before_over: rate,
+            slowdown: None,
+            last_slowdown: None,
+            slowdowns: 0,
         }
     }
 }
@@ -430,14 +492,14 @@ async fn probe_loop(
                 state.last_ok = Instant::now();
                 state.last_ms = ms;
                 state.latencies.push(ms as f32);
-                if shared.mode == Pace::Auto && state.streaming_since.is_some() {
+                if shared.mode == Pace::Auto && state.streaming_since.is_some() && !last {
                     let filtered = state
                         .latencies
                         .iter()
                         .rev()
                         .take(FILTER_PROBES)
                         .fold(f32::INFINITY, |low, x| low.min(*x));
-                    steer(&shared, &mut state, f64::from(filtered));
+                    steer(&shared, &mut state, ms, f64::from(filtered), Instant::now());
                 }
             }
             Err(e) => {
@@ -476,17 +538,69 @@ async fn probe_loop(
     }
 }
 
-/// One step of the controller: back off at once above the target (not twice in a row,
-/// so that a decrease can show), recover in proportion to the headroom below it.
-fn steer(shared: &Shared, state: &mut State, ms: f64) {
+/// One step of the controller, after a probe that took `ms` (`filtered`: the lowest of the
+/// last few). A slowdown under way collects what etcd answers in without the stream, and
+/// at its end decides whose the latency was. Otherwise: back off at once above the target
+/// (not twice in a row, so that a decrease can show), and after [`SLOWDOWN_AFTER`] probes
+/// above it stop for a slowdown; below it recover in proportion to the headroom, and let
+/// a raised target sink while etcd answers well within it.
+fn steer(shared: &Shared, state: &mut State, ms: f64, filtered: f64, now: Instant) {
+    if let Some(slowdown) = &mut state.slowdown {
+        slowdown.lowest_ms = slowdown.lowest_ms.min(ms);
+        if now < slowdown.until {
+            return;
+        }
+        let Some(slowdown) = state.slowdown.take() else {
+            return;
+        };
+        state.over = 0;
+        state.decreased_last = false;
+        if slowdown.lowest_ms > state.target_ms {
+            // As slow without the backup: other load, not the backup's reads.
+            state.target_ms = slowdown.lowest_ms * AMBIENT_HEADROOM;
+            state.highest_target_ms = state.highest_target_ms.max(state.target_ms);
+            state.rate = slowdown.rate_before;
+            tracing::debug!(
+                latency_ms = slowdown.lowest_ms,
+                target_ms = state.target_ms,
+                rate_mib_s = state.rate / MIB,
+                "pacing: etcd is as slow without the backup; target raised"
+            );
+        } else {
+            tracing::debug!(
+                latency_ms = slowdown.lowest_ms,
+                rate_mib_s = state.rate / MIB,
+                "pacing: etcd is fast without the backup; backoff stands"
+            );
+        }
+        return;
+    }
     let ceiling = shared.cap.unwrap_or(MAX_RATE).max(MIN_RATE);
-    let off_target = (shared.target_ms - ms) / shared.target_ms;
+    let target = state.target_ms;
+    let off_target = (target - filtered) / target;
     if off_target < 0.0 {
+        if state.over == 0 {
+            state.rate_before_over = state.rate;
+        }
+        state.over += 1;
+        let spaced = state
+            .last_slowdown
+            .is_none_or(|at| now.duration_since(at) >= SLOWDOWN_EVERY);
+        if state.over >= SLOWDOWN_AFTER && spaced {
+            state.slowdown = Some(Slowdown {
+                until: now + SLOWDOWN,
+                lowest_ms: f64::INFINITY,
+                rate_before: state.rate_before_over,
+            });
+            state.last_slowdown = Some(now);
+            state.slowdowns += 1;
+            return;
+        }
         if !state.decreased_last {
             state.rate = (state.rate * BACKOFF).max(MIN_RATE);
             state.decreased_last = true;
             tracing::debug!(
-                latency_ms = ms,
+                latency_ms = filtered,
                 rate_mib_s = state.rate / MIB,
                 "pacing: backing off"
             );
@@ -494,9 +608,13 @@ fn steer(shared: &Shared, state: &mut State, ms: f64) {
             state.decreased_last = false;
         }
     } else {
+        state.over = 0;
         state.decreased_last = false;
         let step = RECOVERY.max(state.rate * RECOVERY_SHARE);
         state.rate = (state.rate + step * off_target).min(ceiling);
+        if filtered < target / 2.0 {
+            state.target_ms = (target * TARGET_DECAY).max(shared.target_ms);
+        }
     }
 }
 
@@ -528,6 +646,10 @@ fn record_point(state: &mut State) {
     state.timeline.push(point);
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -554,47 +676,115 @@ mod tests {
             target_ms: 2.0,
             patience: Duration::from_secs(5),
             endpoint: "e".into(),
-            state: Mutex::new(state()),
+            state: Mutex::new(streaming_state()),
         }
     }
 
-    fn state() -> State {
+    fn streaming_state() -> State {
         State {
             streaming_since: Some(Instant::now()),
-            ..State::new(START_RATE, 1.0)
+            ..State::new(START_RATE, 1.0, 2.0)
         }
     }
 
     #[test]
     fn backs_off_fast_and_recovers_slowly() {
-        let shared = shared(Some(64.0 * MIB));
-        let mut state = state();
-        steer(&shared, &mut state, 5.0);
+        let shared = shared(Some(96.0 * MIB));
+        let mut state = streaming_state();
+        let now = Instant::now();
+        // No slowdown in this test: one was just taken.
+        state.last_slowdown = Some(now);
+        let step = |state: &mut State, ms: f64| steer(&shared, state, ms, ms, now);
+        step(&mut state, 5.0);
         assert_eq!(state.rate, START_RATE * BACKOFF);
         // The next probe above target waits for the decrease to show.
-        steer(&shared, &mut state, 5.0);
+        step(&mut state, 5.0);
         assert_eq!(state.rate, START_RATE * BACKOFF);
-        steer(&shared, &mut state, 5.0);
+        step(&mut state, 5.0);
         assert_eq!(state.rate, START_RATE * BACKOFF * BACKOFF);
         // At the target there is no headroom: no change; at half of it, half a step.
         let before = state.rate;
-        steer(&shared, &mut state, 2.0);
+        step(&mut state, 2.0);
         assert_eq!(state.rate, before);
-        steer(&shared, &mut state, 1.0);
-        assert_eq!(state.rate, before + RECOVERY * 0.5);
-        // Higher rates recover by a share of themselves.
-        state.rate = 40.0 * MIB;
-        steer(&shared, &mut state, 1.0);
-        assert_eq!(state.rate, 40.0 * MIB * (1.0 + RECOVERY_SHARE * 0.5));
+        step(&mut state, 1.0);
+        assert!((state.rate - before * (1.0 + RECOVERY_SHARE * 0.5)).abs() < 1.0);
+        // Low rates recover by a fixed step at least.
+        state.rate = 8.0 * MIB;
+        step(&mut state, 1.0);
+        assert_eq!(state.rate, 8.0 * MIB + RECOVERY * 0.5);
         // Never below the floor, never above the cap.
         for _ in 0..50 {
-            steer(&shared, &mut state, 100.0);
+            step(&mut state, 100.0);
         }
         assert_eq!(state.rate, MIN_RATE);
+        assert!(state.slowdown.is_none());
         for _ in 0..1000 {
-            steer(&shared, &mut state, 0.0);
+            step(&mut state, 0.0);
         }
-        assert_eq!(state.rate, 64.0 * MIB);
+        assert_eq!(state.rate, 96.0 * MIB);
+        assert_eq!(state.target_ms, 2.0, "the target stays the baseline's");
+    }
+
+    #[test]
+    fn a_slowdown_tells_other_load_from_the_backups_own() {
+        let shared = shared(None);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Four probes above the target: three backoffs' worth, then a slowdown.
+        let mut state = streaming_state();
+        for i in 0..SLOWDOWN_AFTER {
+            steer(&shared, &mut state, 9.0, 9.0, at(250 * u64::from(i)));
+        }
+        let until = state.slowdown.as_ref().map(|s| s.until);
+        assert_eq!(until, Some(at(750) + SLOWDOWN), "the stream stops");
+        assert_eq!(state.slowdowns, 1);
+        let backed_off = state.rate;
+        assert!(backed_off < START_RATE);
+        // Without the backup etcd is as slow: other load. The rate goes back to where it
+        // was before etcd rose, and the target to what etcd answers in now.
+        steer(&shared, &mut state, 8.0, 8.0, at(1000));
+        steer(&shared, &mut state, 7.0, 7.0, at(1250));
+        assert!(state.slowdown.is_none());
+        assert_eq!(state.rate, START_RATE);
+        assert_eq!(state.target_ms, 7.0 * AMBIENT_HEADROOM);
+        // Within it, the rate recovers; once etcd is well within it, the target sinks
+        // back, never below the baseline's.
+        steer(&shared, &mut state, 9.0, 9.0, at(1500));
+        assert!(state.rate > START_RATE);
+        for i in 0..100 {
+            steer(&shared, &mut state, 1.0, 1.0, at(1750 + 250 * i));
+        }
+        assert_eq!(state.target_ms, 2.0);
+        assert_eq!(state.highest_target_ms, 10.5);
+        // No second slowdown within SLOWDOWN_EVERY of the first.
+        let mut state = State {
+            last_slowdown: Some(t0),
+            ..state_with(START_RATE)
+        };
+        for i in 0..10 {
+            steer(&shared, &mut state, 9.0, 9.0, at(250 * i));
+        }
+        assert!(state.slowdown.is_none());
+
+        // etcd is fast without the backup: the latency was the backup's; the backoff stands.
+        let mut state = streaming_state();
+        for i in 0..SLOWDOWN_AFTER {
+            steer(&shared, &mut state, 9.0, 9.0, at(250 * u64::from(i)));
+        }
+        let backed_off = state.rate;
+        steer(&shared, &mut state, 3.0, 3.0, at(1000));
+        steer(&shared, &mut state, 1.5, 3.0, at(1250));
+        assert!(state.slowdown.is_none());
+        assert_eq!(state.rate, backed_off);
+        assert_eq!(state.target_ms, 2.0);
+        assert_eq!(state.slowdowns, 1);
+    }
+
+    fn state_with(rate: f64) -> State {
+        State {
+            rate,
+            ..streaming_state()
+        }
     }
 
     #[test]
@@ -605,6 +795,8 @@ mod tests {
             baseline_ms: 1.0,
             target_ms,
             during: LatencySummary::default(),
+            slowdowns: 0,
+            raised_target_ms: None,
             mean_rate: 0,
             timeline: Vec::new(),
         };
@@ -635,7 +827,7 @@ mod tests {
         assert_eq!(percentile(&mut v, 0.99), 99.0);
         assert_eq!(percentile(&mut v, 1.0), 100.0);
         assert_eq!(percentile(&mut [], 0.99), 0.0);
-        let mut state = state();
+        let mut state = streaming_state();
         state.streaming_since = Some(Instant::now() - Duration::from_secs(10_000));
         state.timeline = (0..TIMELINE_POINTS)
             .map(|i| RatePoint {
