@@ -433,6 +433,12 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The lowest rate the controller goes to: [`MIN_RATE`], or a lower `read_rate_limit`
+    /// (a hard cap, never exceeded).
+    fn floor(&self) -> f64 {
+        self.cap.map_or(MIN_RATE, |cap| cap.min(MIN_RATE))
+    }
 }
 
 /// Why a probe got no latency.
@@ -527,7 +533,7 @@ async fn probe_loop(
                     return;
                 }
                 if shared.mode == Pace::Auto {
-                    state.rate = (state.rate * BACKOFF).max(MIN_RATE);
+                    state.rate = (state.rate * BACKOFF).max(shared.floor());
                 }
             }
         }
@@ -575,7 +581,7 @@ fn steer(shared: &Shared, state: &mut State, ms: f64, filtered: f64, now: Instan
         }
         return;
     }
-    let ceiling = shared.cap.unwrap_or(MAX_RATE).max(MIN_RATE);
+    let ceiling = shared.cap.unwrap_or(MAX_RATE);
     let target = state.target_ms;
     let off_target = (target - filtered) / target;
     if off_target < 0.0 {
@@ -597,7 +603,7 @@ fn steer(shared: &Shared, state: &mut State, ms: f64, filtered: f64, now: Instan
             return;
         }
         if !state.decreased_last {
-            state.rate = (state.rate * BACKOFF).max(MIN_RATE);
+            state.rate = (state.rate * BACKOFF).max(shared.floor());
             state.decreased_last = true;
             tracing::debug!(
                 latency_ms = filtered,
@@ -723,6 +729,19 @@ mod tests {
         }
         assert_eq!(state.rate, 96.0 * MIB);
         assert_eq!(state.target_ms, 2.0, "the target stays the baseline's");
+    }
+
+    #[test]
+    fn a_cap_below_the_floor_is_never_exceeded() {
+        let shared = shared(Some(1.0 * MIB));
+        let mut state = state_with(1.0 * MIB);
+        let now = Instant::now();
+        state.last_slowdown = Some(now);
+        for ms in [9.0, 9.0, 9.0, 0.0, 0.0, 9.0, 9.0, 0.0] {
+            steer(&shared, &mut state, ms, ms, now);
+            assert!(state.rate <= 1.0 * MIB, "{}", state.rate);
+        }
+        assert_eq!(state.rate, 1.0 * MIB);
     }
 
     #[test]
