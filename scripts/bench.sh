@@ -502,7 +502,7 @@ run_offsite() {  # run_offsite b|d RUN CONFIG TARGET_DIR(b only)
   blocks=$(tfield "$d/time" 3)
   user=$(awk -v a="$(tfield "$d/time" 4)" -v b="$(tfield "$d/time" 5)" 'BEGIN{printf "%.2f", a+b}')
   if [ "$case" != d ]; then
-    PROBE_LAST+=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["source"].get("pacing") or {}; d=p.get("during",{}); print(", its probe: pace %s, baseline %s ms, p99 %s ms, mean %.1f MiB/s" % (p.get("mode"), p.get("baseline_ms"), d.get("p99_ms"), p.get("mean_rate",0)/1048576))' "$tdir/bench/$id/manifest.json")
+    PROBE_LAST+=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["source"].get("pacing") or {}; d=p.get("during",{}); print(", its probe: pace %s, baseline %s ms, target %s ms, p99 %s ms, mean %.1f MiB/s, slowdowns %s, target raised to %s ms" % (p.get("mode"), p.get("baseline_ms"), p.get("target_ms"), d.get("p99_ms"), p.get("mean_rate",0)/1048576, p.get("slowdowns", 0), p.get("raised_target_ms", "-")))' "$tdir/bench/$id/manifest.json")
     stored=$(fsize "$tdir/bench/$id/snapshot.db.zst.age")
     target_bytes=$(sum_files_rounded "$tdir/bench/$id")
   else
