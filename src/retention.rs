@@ -20,6 +20,9 @@
 //!      periods have been kept. ISO weeks belong to their ISO year, so 2020-12-31 and
 //!      2021-01-01 share week 2020-W53.
 //!    - `keep_within: D`: `created_at >= now - D`.
+//!    - `keep_drilled: N`: the N newest backups with a successful drill (`drilled`), the
+//!      proof that a backup restores. It protects, and is not a rule of its own: a policy
+//!      with only `keep_drilled` still counts as having no rule.
 //!
 //!    A policy with no `keep_*` rule and no `keep_within` keeps every backup with
 //!    [`KeepReason::NoRules`]; the caps below still apply. The others are deleted with
@@ -32,8 +35,9 @@
 //!    `max_total_size: S` keeps the newest backups whose sizes add up to at most S (exactly
 //!    S fits). The first backup that would break a cap (count checked before size) and
 //!    every older kept backup are deleted with that cap's reason, even when a smaller
-//!    older one would still fit. The `Newest` backup counts towards the caps but is never
-//!    removed by them.
+//!    older one would still fit. The `Newest` backup and those kept by `keep_drilled` count
+//!    towards the caps but are never removed by them (deleting the proof would leave
+//!    `status --max-drill-age` with no drill to find).
 //! 6. **`min_keep: M`** is a floor under everything above: while fewer than M counted
 //!    backups are kept, the newest deleted backup is kept again with only
 //!    [`KeepReason::MinKeep`].
@@ -60,6 +64,8 @@ pub struct BackupSummary {
     /// False for a backup that `signing.allowed_signers` does not trust: it is kept and
     /// reported, never counted and never deleted.
     pub trusted: bool,
+    /// A drill of this backup succeeded (a drill record that counts says so).
+    pub drilled: bool,
 }
 
 /// The `retention:` section of the config (YAML). All fields optional.
@@ -81,6 +87,9 @@ pub struct RetentionPolicy {
     /// Keep every backup younger than this (e.g. "48h").
     #[serde(default, with = "humantime_serde")]
     pub keep_within: Option<Duration>,
+    /// Keep the N newest backups whose drill succeeded (default 1 when `schedule.drill`
+    /// is set, else 0; set by the config loader).
+    pub keep_drilled: Option<u32>,
     /// Keep at most this many backups.
     pub max_count: Option<u32>,
     /// Keep at most this many bytes of backups (e.g. "50GiB").
@@ -199,6 +208,8 @@ pub enum KeepReason {
     Yearly,
     /// Matched `keep_within`.
     Within,
+    /// Matched `keep_drilled`: one of the newest backups a drill proved.
+    Drilled,
     /// Kept again to honour `min_keep`.
     MinKeep,
     /// Created after `now`, so its age is unknown: kept, never counted.
@@ -220,6 +231,7 @@ impl fmt::Display for KeepReason {
             Self::Monthly => "keep_monthly",
             Self::Yearly => "keep_yearly",
             Self::Within => "keep_within",
+            Self::Drilled => "keep_drilled (a drill proved it restores)",
             Self::MinKeep => "min_keep",
             Self::FutureTimestamp => {
                 "created in the future (clock skew, or planted): never counted, never deleted"
@@ -315,8 +327,16 @@ pub fn decide(
         .collect();
 
     let mut reasons = keep_rule_reasons(&counted, policy, now);
+    // Spared by the caps: the newest, and the drilled ones `keep_drilled` keeps.
+    let mut protected = vec![false; counted.len()];
+    let drilled = counted.iter().enumerate().filter(|(_, b)| b.drilled);
+    for (i, _) in drilled.take(policy.keep_drilled.unwrap_or(0) as usize) {
+        reasons[i].push(KeepReason::Drilled);
+        protected[i] = true;
+    }
     if let Some(newest) = reasons.first_mut() {
         newest.push(KeepReason::Newest);
+        protected[0] = true;
     }
     let mut verdicts: Vec<Verdict> = reasons
         .into_iter()
@@ -328,8 +348,7 @@ pub fn decide(
             }
         })
         .collect();
-    // The newest backup is never removed by a cap.
-    apply_caps(&counted, &mut verdicts, 1, policy);
+    apply_caps(&counted, &mut verdicts, &protected, policy);
     if let Some(min_keep) = policy.min_keep {
         apply_min_keep(&mut verdicts, min_keep);
     }
@@ -432,12 +451,12 @@ fn keep_rule_reasons(
     reasons
 }
 
-/// Deletes the oldest kept backups beyond `max_count`/`max_total_size`, sparing the first
+/// Deletes the oldest kept backups beyond `max_count`/`max_total_size`, sparing the
 /// `protected` entries but counting them.
 fn apply_caps(
     sorted: &[&BackupSummary],
     verdicts: &mut [Verdict],
-    protected: usize,
+    protected: &[bool],
     policy: &RetentionPolicy,
 ) {
     let (mut count, mut total) = (0u32, 0u64);
@@ -447,7 +466,7 @@ fn apply_caps(
             continue;
         }
         let with_this = total.saturating_add(backup.size);
-        if i >= protected && cut.is_none() {
+        if !protected[i] && cut.is_none() {
             cut = match (policy.max_count, policy.max_total_size) {
                 (Some(limit), _) if count >= limit => Some(DeleteReason::MaxCount { limit }),
                 (_, Some(limit)) if with_this > limit.as_u64() => {
@@ -457,7 +476,7 @@ fn apply_caps(
             };
         }
         match cut {
-            Some(reason) if i >= protected => *verdict = Verdict::Delete(reason),
+            Some(reason) if !protected[i] => *verdict = Verdict::Delete(reason),
             _ => {
                 count = count.saturating_add(1);
                 total = with_this;
@@ -506,6 +525,7 @@ mod tests {
             created_at,
             size,
             trusted: true,
+            drilled: false,
         }
     }
 
@@ -944,6 +964,55 @@ mod tests {
     }
 
     #[test]
+    fn keep_drilled_keeps_the_newest_proven_backups_past_rules_and_caps() {
+        // Five daily backups; the 3rd and 5th newest were drilled.
+        let mut backups = series(now(), TimeDelta::days(1), 5, GIB);
+        backups[2].drilled = true;
+        backups[4].drilled = true;
+        let ids: Vec<String> = backups.iter().map(|b| b.id.clone()).collect();
+        let policy = RetentionPolicy {
+            keep_last: Some(1),
+            keep_drilled: Some(1),
+            max_count: Some(1),
+            ..Default::default()
+        };
+        let decisions = decide(&backups, &policy, now());
+        assert_eq!(kept_ids(&decisions), [ids[0].as_str(), ids[2].as_str()]);
+        assert_eq!(
+            verdict_of(&decisions, &ids[2]),
+            &keep(&[Drilled]),
+            "max_count spares the drilled backup"
+        );
+        assert_eq!(
+            verdict_of(&decisions, &ids[4]),
+            &Verdict::Delete(DeleteReason::NoRuleMatched),
+            "only the newest N drilled"
+        );
+        // Two: both drilled ones; none: the drills protect nothing.
+        let two = RetentionPolicy {
+            keep_drilled: Some(2),
+            ..policy.clone()
+        };
+        assert_eq!(kept_ids(&decide(&backups, &two, now())).len(), 3);
+        let off = RetentionPolicy {
+            keep_drilled: Some(0),
+            ..policy.clone()
+        };
+        assert_eq!(kept_ids(&decide(&backups, &off, now())), [ids[0].as_str()]);
+        // The newest drilled has both reasons.
+        backups[0].drilled = true;
+        let decisions = decide(&backups, &policy, now());
+        assert_eq!(decisions[0].verdict, keep(&[Last, Drilled, Newest]));
+        assert_eq!(kept_ids(&decisions), [ids[0].as_str()]);
+        // An untrusted drilled backup proves nothing: it is kept as untrusted only.
+        backups[0].drilled = false;
+        backups[2].trusted = false;
+        let decisions = decide(&backups, &policy, now());
+        assert_eq!(verdict_of(&decisions, &ids[2]), &keep(&[Untrusted]));
+        assert_eq!(verdict_of(&decisions, &ids[4]), &keep(&[Drilled]));
+    }
+
+    #[test]
     fn same_second_backups_are_ordered_by_id_suffix() {
         let t = at("2026-06-15T03:00:00Z");
         let second = |suffix: &str| BackupSummary {
@@ -951,6 +1020,7 @@ mod tests {
             created_at: t,
             size: GIB,
             trusted: true,
+            drilled: false,
         };
         let backups = [
             backup(at("2026-06-15T02:00:00Z"), GIB),

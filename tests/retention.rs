@@ -350,6 +350,95 @@ fn backup_prunes_afterwards_unless_told_not_to() {
     );
 }
 
+/// Issue 20: prune keeps the proof. With `schedule.drill` set, `keep_drilled` defaults to 1:
+/// `keep_last: 3` and three newer backups leave the drilled one in place, and `status
+/// --max-drill-age 8d` right after still finds its drill; with `keep_drilled: 0` the same
+/// prune deletes it and status exits 5.
+#[test]
+fn prune_keeps_the_newest_drilled_backup_and_status_still_finds_the_drill() {
+    let etcd = tiny_etcd();
+    let fx = Fixture::new();
+    let scratch = fx.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (dir, url) = fx.file_url("backups");
+    let targets = format!("  snapshot: {{ url: \"{url}\" }}\n");
+    let identities = fx
+        .identity_args()
+        .into_iter()
+        .filter(|a| a != "--identity")
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let schedule = format!(
+        "schedule:\n  cron: \"0 3 * * *\"\n  drill: {{ cron: \"30 5 * * 0\", identities: [{identities}], scratch_dir: \"{}\" }}\n",
+        scratch.display()
+    );
+    let drills = config(
+        &fx,
+        &etcd,
+        "drills.yaml",
+        &targets,
+        &format!("retention: {{ keep_last: 3 }}\n{schedule}"),
+    );
+    let off = config(
+        &fx,
+        &etcd,
+        "off.yaml",
+        &targets,
+        &format!("retention: {{ keep_last: 3, keep_drilled: 0 }}\n{schedule}"),
+    );
+
+    let drilled = backup(&fx, &drills, false);
+    let out = run(fx
+        .cmd(&drills)
+        .args(["drill", "--latest", "--scratch-dir"])
+        .arg(&scratch)
+        .args(fx.identity_args()));
+    assert_eq!(exit_code(&out), 0, "{}", describe_output(&out));
+    // Three newer backups, each pruning afterwards as a nightly job does.
+    let newer: Vec<String> = (0..3).map(|_| backup(&fx, &drills, true)).collect();
+    let mut want = newer.clone();
+    want.reverse();
+    want.push(drilled.clone());
+    assert_eq!(complete_ids(&fx, &drills), want, "the drilled backup stays");
+    assert!(
+        relative_files(&dir)
+            .iter()
+            .any(|k| k.starts_with(&format!("test/{drilled}/drill-"))),
+        "its drill record stays with it"
+    );
+    let report = prune_json(&fx, &drills, &["--dry-run"], 0);
+    let d = decision(&report, &drilled);
+    assert_eq!(d["verdict"]["keep"], serde_json::json!(["drilled"]), "{d}");
+    assert_eq!(
+        d["reasons"][0], "keep_drilled (a drill proved it restores)",
+        "{d}"
+    );
+    let out = run_ok(fx.cmd(&drills).arg("prune"));
+    assert!(
+        line_about(&stdout_str(&out), &drilled).contains("keep_drilled"),
+        "{}",
+        describe_output(&out)
+    );
+    let out = run_ok(fx.cmd(&drills).args(["status", "--max-drill-age", "8d"]));
+    assert!(
+        stdout_str(&out).contains(&format!("newest successful drill: of {drilled}")),
+        "{}",
+        describe_output(&out)
+    );
+
+    // Turned off, the same policy deletes the proof and status says so.
+    let report = prune_json(&fx, &off, &[], 0);
+    assert_eq!(decision(&report, &drilled)["action"], "deleted", "{report}");
+    assert!(!dir.join("test").join(&drilled).exists());
+    let out = run_code(fx.cmd(&off).args(["status", "--max-drill-age", "8d"]), 5);
+    assert!(
+        stderr_str(&out).contains("no successful drill"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
 #[test]
 fn half_deleted_backups_are_never_listed_and_are_collected_after_the_grace_period() {
     let etcd = tiny_etcd();

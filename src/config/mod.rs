@@ -169,6 +169,13 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         .map(|s| schedule::resolve(s, &source, &raw.labels, check_files))
         .transpose()?;
 
+    // Drills on a schedule prove backups; retention keeps the newest proof unless told.
+    let retention = raw.retention.map(|mut policy| {
+        let drills = schedule.as_ref().is_some_and(|s| s.drill.is_some());
+        policy.keep_drilled.get_or_insert(u32::from(drills));
+        policy
+    });
+
     let signing = match raw.signing {
         Some(signing) => validate_signing(signing, check_files)?,
         None => Default::default(),
@@ -183,7 +190,7 @@ fn resolve(raw: RawConfig, check_files: bool) -> Result<Config, ConfigError> {
         encryption,
         targets,
         replicas,
-        retention: raw.retention,
+        retention,
         schedule,
         labels: raw.labels,
         signing,

@@ -183,6 +183,8 @@ pub async fn apply_at(
     let static_objects =
         |id: &str| -> &[StoredObject] { static_dirs.get(id).map_or(no_objects, Vec::as_slice) };
 
+    let keep_drilled = policy.keep_drilled.unwrap_or(0) as usize;
+    let drilled = repo.drilled(&catalog, now, keep_drilled).await;
     // Every backup with a readable manifest is decided; only trusted ones are counted.
     let summaries: Vec<BackupSummary> = entries
         .iter()
@@ -192,6 +194,7 @@ pub async fn apply_at(
                 created_at: m.started_at,
                 size: m.stored_size,
                 trusted: !matches!(e.standing, Standing::Untrusted(_)),
+                drilled: drilled.contains(&e.id),
             })
         })
         .collect();

@@ -541,6 +541,30 @@ impl Repository {
         None
     }
 
+    /// The ids of the newest `limit` trusted backups with a successful drill record that
+    /// counts (for `retention.keep_drilled`); records are read newest first, each backup's
+    /// only until one succeeded, and no further than `limit` backups need.
+    pub async fn drilled(
+        &self,
+        catalog: &Catalog,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> std::collections::BTreeSet<String> {
+        let mut drilled = std::collections::BTreeSet::new();
+        for entry in catalog.trusted() {
+            if drilled.len() >= limit {
+                break;
+            }
+            for key in entry.drill_records() {
+                if self.read_drill(key, now).await.is_some_and(|d| d.ok) {
+                    drilled.insert(entry.id.clone());
+                    break;
+                }
+            }
+        }
+        drilled
+    }
+
     /// The drill record at `key`, or None when it does not count: unreadable, not a drill
     /// record, unsigned with signing enforced, or dated in the future (stored objects are
     /// untrusted: a damaged record never fails a listing).
