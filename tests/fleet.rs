@@ -292,3 +292,38 @@ fn the_fleet_prometheus_rules_fire_when_they_should_and_only_then() {
         "fleet_alerts_test.yaml",
     );
 }
+
+/// A bucket root with thousands of prefixes: the delimiter listing pages itself and stops
+/// past its cap (three pages of 1,000) instead of reading every page, and the error names
+/// the problem and the fix.
+#[test]
+fn a_root_with_thousands_of_prefixes_is_refused_after_a_bounded_listing() {
+    let moto = Moto::start();
+    moto.create_bucket("crowded");
+    let proxy = CountingProxy::start();
+    let etcd = EtcdServer::start(false);
+    let fx = Fixture::new();
+    let targets = format!("  snapshot: {}\n", s3_target(&moto, "crowded", "etcd"));
+    let config = cluster_config(&fx, &etcd, "east", &targets);
+    // 5,200 prefixes: reading them all would take six pages.
+    for n in 0..5200 {
+        moto.put_object("crowded", &format!("etcd/c{n:05}/x"), b"x");
+    }
+    let seen = proxy.lines().len();
+    let out = fleet_status(&fx, &config, &proxy, &["--json"]);
+    assert_eq!(exit_code(&out), 1, "{}", describe_output(&out));
+    let stderr = stderr_str(&out);
+    assert!(
+        stderr.contains("holds more than 2000 prefixes")
+            && stderr.contains("point targets.snapshot at the prefix"),
+        "{stderr}"
+    );
+    let (lists, requests) = requests_since(&proxy, seen);
+    assert_eq!(lists, 3, "{:?}", &proxy.lines()[seen..]);
+    assert_eq!(
+        requests,
+        3,
+        "only the root's pages: {:?}",
+        &proxy.lines()[seen..]
+    );
+}

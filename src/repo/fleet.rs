@@ -17,6 +17,9 @@ use crate::config::is_cluster_name;
 /// The most cluster prefixes one target may hold for a fleet view: more is a target that
 /// is not a fleet's (a bucket root shared with other data), or planted names.
 pub const MAX_CLUSTERS: usize = 1000;
+/// The most prefixes of any name read from a target's root: the listing stops there, so
+/// a bucket root with millions of other prefixes costs a few calls, not millions.
+pub const MAX_PREFIXES: usize = 2 * MAX_CLUSTERS;
 
 /// The prefixes directly below a target's root.
 #[derive(Debug, Default)]
@@ -50,9 +53,15 @@ pub struct Freshness {
 impl Repository {
     /// The cluster prefixes of the snapshot target (a delimiter listing of its root).
     pub async fn cluster_prefixes(&self) -> anyhow::Result<Prefixes> {
-        let names = self.sides.snapshot.list_prefixes("").await?;
+        let listing = self.sides.snapshot.list_prefixes("", MAX_PREFIXES).await?;
+        if listing.more {
+            anyhow::bail!(
+                "{} holds more than {MAX_PREFIXES} prefixes (the listing stopped there), more than a fleet view reads: point targets.snapshot at the prefix the clusters' backups share (the URL their configs use), not at a bucket root with other data",
+                self.url()
+            );
+        }
         let mut prefixes = Prefixes::default();
-        for name in names {
+        for name in listing.names {
             if is_cluster_name(&name) {
                 prefixes.clusters.push(name);
             } else {

@@ -17,9 +17,10 @@ pub fn is_staging(name: &str) -> bool {
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The directories directly below `root/dir_key` (none when it does not exist), sorted.
+/// The directories directly below `root/dir_key` (none when it does not exist), sorted;
+/// the reading stops at `limit` of them (a directory with millions is not read whole).
 /// Symbolic links and names that are not UTF-8 are skipped with a warning.
-pub fn subdirectories(root: &Path, dir_key: &str) -> io::Result<Vec<String>> {
+pub fn subdirectories(root: &Path, dir_key: &str, limit: usize) -> io::Result<Vec<String>> {
     let mut dir = root.to_path_buf();
     for part in dir_key.split('/').filter(|p| !p.is_empty()) {
         dir.push(part);
@@ -32,6 +33,9 @@ pub fn subdirectories(root: &Path, dir_key: &str) -> io::Result<Vec<String>> {
     }
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
+        if names.len() >= limit {
+            break;
+        }
         let entry = entry?;
         let file_type = entry.file_type()?;
         if file_type.is_symlink() {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
@@ -68,10 +69,35 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub struct Target {
     store: Arc<dyn ObjectStore>,
+    /// The same store's page-by-page listing (every cloud backend), so that a delimiter
+    /// listing can stop after a bounded number of pages.
+    pager: Option<Pager>,
     prefix: Path,
     url: String,
     /// The directory of a file:// target (canonical: symlinks below it are never followed).
     local_dir: Option<std::path::PathBuf>,
+}
+
+/// A cloud store's page-by-page listing.
+#[derive(Clone)]
+struct Pager(Arc<dyn PaginatedListStore>);
+
+impl std::fmt::Debug for Pager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pager")
+    }
+}
+
+/// Names per page of a delimiter listing: S3's and Azure's largest page.
+const LIST_PAGE: usize = 1000;
+
+/// The prefixes found by a bounded delimiter listing.
+#[derive(Debug, Default)]
+pub struct PrefixListing {
+    /// At most the limit asked for, in the store's order.
+    pub names: Vec<String>,
+    /// The store holds more than the limit (the listing stopped there).
+    pub more: bool,
 }
 
 /// Two target configs name one location only when URL and options both match (the same
@@ -165,7 +191,13 @@ macro_rules! cloud_store {
                 builder = builder.with_config(key, value.clone());
             }
         }
-        builder.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        builder.build().map(|s| {
+            let s = Arc::new(s);
+            (
+                s.clone() as Arc<dyn ObjectStore>,
+                Some(Pager(s as Arc<dyn PaginatedListStore>)),
+            )
+        })
     }};
 }
 
@@ -181,7 +213,7 @@ impl Target {
         };
         let url = Url::parse(&config.url).map_err(|e| fail(e.to_string()))?;
         let mut local_dir = None;
-        let (store, prefix) = match url.scheme() {
+        let (store, pager, prefix) = match url.scheme() {
             "file" => {
                 let dir = url
                     .to_file_path()
@@ -198,7 +230,11 @@ impl Target {
                     // The manifest must never reach the disk before the data it describes.
                     .with_fsync(true);
                 local_dir = Some(dir.canonicalize().map_err(|e| fail(e.to_string()))?);
-                (Arc::new(local) as Arc<dyn ObjectStore>, Path::default())
+                (
+                    Arc::new(local) as Arc<dyn ObjectStore>,
+                    None,
+                    Path::default(),
+                )
             }
             scheme => {
                 let bucket_url = format!("{scheme}://{}", url.host_str().unwrap_or_default());
@@ -215,7 +251,7 @@ impl Target {
                 {
                     return Err(fail(problem));
                 }
-                let store = match scheme {
+                let (store, pager) = match scheme {
                     "s3" => cloud_store!(
                         object_store::aws::AmazonS3Builder,
                         object_store::aws::AmazonS3ConfigKey,
@@ -245,11 +281,12 @@ impl Target {
                 .map_err(|e| fail(explain(&e)))?;
                 let prefix =
                     Path::parse(url.path().trim_matches('/')).map_err(|e| fail(one_line(&e)))?;
-                (store, prefix)
+                (store, pager, prefix)
             }
         };
         Ok(Self {
             store,
+            pager,
             prefix,
             url: url_text,
             local_dir,
@@ -261,6 +298,7 @@ impl Target {
     pub(crate) fn from_store(store: Arc<dyn ObjectStore>, url: &str) -> Self {
         Self {
             store,
+            pager: None,
             prefix: Path::default(),
             url: url.to_string(),
             local_dir: None,
@@ -553,37 +591,85 @@ impl Target {
     /// The names of the "directories" directly below `dir` (a delimiter listing: one
     /// request per 1,000 names on S3, whatever lies below them). On file:// targets only
     /// real directories count: symbolic links and names that are not UTF-8 are skipped.
-    pub async fn list_prefixes(&self, dir: &str) -> Result<Vec<String>, StoreError> {
-        self.again_if_cut_short(|| self.list_prefixes_once(dir))
-            .await
-    }
-
-    async fn list_prefixes_once(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+    /// At most `limit` names: the listing stops after the page (or directory entry) that
+    /// passes it and says that there are more.
+    pub async fn list_prefixes(
+        &self,
+        dir: &str,
+        limit: usize,
+    ) -> Result<PrefixListing, StoreError> {
         let fail = |reason: String| StoreError {
             kind: StoreErrorKind::Other,
             op: "list",
             location: format!("{}/{dir}", self.url()),
             reason,
         };
+        let mut listing = PrefixListing::default();
         if let Some(root) = &self.local_dir {
             let root = root.clone();
             let dir_key = dir.trim_matches('/').to_string();
-            return tokio::task::spawn_blocking(move || local::subdirectories(&root, &dir_key))
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(|e| fail(e.to_string()));
-        }
-        let prefix = self.path(dir);
-        let listed = self
-            .store
-            .list_with_delimiter((!prefix.as_ref().is_empty()).then_some(&prefix))
+            listing.names = tokio::task::spawn_blocking(move || {
+                local::subdirectories(&root, &dir_key, limit + 1)
+            })
             .await
-            .map_err(|e| self.error("list", dir, &e))?;
-        Ok(listed
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect())
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        } else if let Some(pager) = &self.pager {
+            // Page by page, so that a prefix holding millions of names costs a few calls.
+            let prefix = self.path(dir);
+            let prefix = match prefix.as_ref() {
+                "" => None,
+                p => Some(format!("{p}{}", object_store::path::DELIMITER)),
+            };
+            let mut token = None;
+            loop {
+                let page = self
+                    .again_if_cut_short(|| async {
+                        let options = PaginatedListOptions {
+                            delimiter: Some(object_store::path::DELIMITER.into()),
+                            max_keys: Some(LIST_PAGE.min(limit + 1)),
+                            page_token: token.clone(),
+                            ..Default::default()
+                        };
+                        pager
+                            .0
+                            .list_paginated(prefix.as_deref(), options)
+                            .await
+                            .map_err(|e| self.error("list", dir, &e))
+                    })
+                    .await?;
+                listing.names.extend(
+                    page.result
+                        .common_prefixes
+                        .iter()
+                        .filter_map(|p| p.filename().map(str::to_string)),
+                );
+                token = page.page_token.filter(|t| !t.is_empty());
+                if token.is_none() || listing.names.len() > limit {
+                    break;
+                }
+            }
+        } else {
+            let prefix = self.path(dir);
+            let listed = self
+                .again_if_cut_short(|| async {
+                    self.store
+                        .list_with_delimiter((!prefix.as_ref().is_empty()).then_some(&prefix))
+                        .await
+                        .map_err(|e| self.error("list", dir, &e))
+                })
+                .await?;
+            listing.names = listed
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_string))
+                .collect();
+        }
+        if listing.names.len() > limit {
+            listing.names.truncate(limit);
+            listing.more = true;
+        }
+        Ok(listing)
     }
 
     /// Deletes an object; one that is already gone is not an error. A conflict (HTTP 409:
