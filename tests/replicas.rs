@@ -5,8 +5,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::fixture::{Fixture, s3_target};
+use common::fixture::{Fixture, s3_target, s3_target_at};
 use common::*;
 use serde_json::Value;
 
@@ -139,5 +140,111 @@ fn copies_to_a_replica_verify_skip_resume_and_restore_without_the_primary() {
         5,
         "the primary is empty: {}",
         describe_output(&out)
+    );
+}
+
+/// A copy SIGKILLed while an artifact streams to a slow replica (every part upload held
+/// 4 s by the fault proxy) leaves no manifest there, so the replica does not list the
+/// backup as complete; the rerun gives one complete copy that verifies deeply with the
+/// original identities, and writes the manifest only after both artifacts are complete.
+#[test]
+fn a_copy_killed_mid_artifact_leaves_no_manifest_and_the_rerun_completes_it() {
+    let moto = Moto::start();
+    moto.create_bucket("dr-backups");
+    let proxy = FaultProxy::start(&moto);
+    let etcd = EtcdServer::start(false);
+    // About 40 MB of k8s-like values: the artifact spans two 6 MiB parts.
+    etcd.load(20_000, 2_000);
+    let fx = Fixture::new();
+    let (primary, url) = fx.file_url("backups");
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!("  snapshot: {{ url: \"{url}\" }}\n"),
+        &format!(
+            "replicas:\n  - name: dr\n    snapshot: {}\n",
+            s3_target_at(&proxy.endpoint(), "dr-backups", "etcd")
+        ),
+    );
+    let id = last_line(&run_ok(fx.cmd(&config).arg("backup")));
+    let snapshot = format!("/dr-backups/etcd/test/{id}/snapshot.db.zst.age");
+    let stored = std::fs::metadata(primary.join(format!("test/{id}/snapshot.db.zst.age")))
+        .unwrap()
+        .len();
+    assert!(stored > 6 << 20, "{stored} bytes: one part only");
+
+    proxy.configure_delays(&["PUT ", "partNumber="], 4_000);
+    let mut child = fx
+        .cmd(&config)
+        .args(["copy", &id, "--to", "dr"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part_in_flight = || {
+        proxy
+            .requests()
+            .iter()
+            .any(|l| l.starts_with("delay PUT ") && l.ends_with(&snapshot))
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), part_in_flight),
+        "no part of the snapshot artifact reached the proxy: {}",
+        proxy.requests_tail(20)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let keys = moto.list_keys("dr-backups", &format!("etcd/test/{id}/"));
+    assert!(
+        !keys.iter().any(|k| k.ends_with("manifest.json")),
+        "a manifest before the artifacts were complete: {keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|k| k.ends_with("snapshot.db.zst.age")),
+        "the artifact looks whole after a kill mid-upload: {keys:?}"
+    );
+    let list = replica_list(&fx, &config);
+    assert!(
+        list.iter().all(|b| b["complete"] != true),
+        "the replica lists a killed copy as complete: {list:?}"
+    );
+
+    proxy.set(0, 0.0, &[]);
+    let seen = proxy.requests().len();
+    let out = run_ok(fx.cmd(&config).args(["copy", &id, "--to", "dr"]));
+    assert_eq!(last_line(&out), format!("{id} copied to dr"));
+    let rerun = proxy.requests()[seen..].to_vec();
+    let position = |pred: &dyn Fn(&str) -> bool| rerun.iter().rposition(|l| pred(l));
+    let manifest_put = position(&|l| l.starts_with("ok PUT ") && l.ends_with("/manifest.json"))
+        .unwrap_or_else(|| panic!("no manifest written: {rerun:?}"));
+    for artifact in ["snapshot.db.zst.age", "static_kuberesources.tar.zst.age"] {
+        // The upload's completion (CompleteMultipartUpload, or a single PUT).
+        let done = position(&|l| {
+            l.ends_with(&format!("/{id}/{artifact}"))
+                && (l.starts_with("ok POST ") || l.starts_with("ok PUT "))
+        })
+        .unwrap_or_else(|| panic!("{artifact} not written: {rerun:?}"));
+        assert!(
+            done < manifest_put,
+            "{artifact} after the manifest: {rerun:?}"
+        );
+    }
+
+    let list = replica_list(&fx, &config);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(listed(&list, &id)["complete"], true);
+    run_ok(
+        fx.cmd(&config)
+            .args(["verify", &id, "--replica", "dr"])
+            .args(fx.identity_args()),
+    );
+    let keys = moto.list_keys("dr-backups", &format!("etcd/test/{id}/"));
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.ends_with("snapshot.db.zst.age"))
+            .count(),
+        1,
+        "{keys:?}"
     );
 }

@@ -492,6 +492,14 @@ impl FaultProxy {
         );
     }
 
+    /// Every request whose `METHOD path?query` contains each text in `only` waits `ms`
+    /// milliseconds before it is forwarded (a slow store).
+    pub fn configure_delays(&self, only: &[&str], ms: u64) {
+        self.configure(serde_json::json!({
+            "seed": 0, "rate": 1.0, "kinds": ["delay"], "only": only, "delay_ms": [ms, ms]
+        }));
+    }
+
     fn configure(&self, body: serde_json::Value) {
         let r = http(
             "POST",
@@ -508,6 +516,14 @@ impl FaultProxy {
         let r = http("GET", &format!("{}/__faults__", self.endpoint()), &[], b"");
         assert_eq!(r.status, 200, "fault_proxy control: {}", r.text());
         serde_json::from_slice(&r.body).expect("fault_proxy counters JSON")
+    }
+
+    /// Every line of the per-request log so far (`<fault or ok> METHOD /path`), each
+    /// written when the request arrives (before a delay).
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("requests.log"))
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// The last lines of the per-request log (`<fault or ok> METHOD /path`).
