@@ -1,13 +1,14 @@
-//! Replicas and `copy` (issue 22): backups copied from a directory to S3 (moto) verify
-//! deeply there with the original identities, carry their drill records, are skipped once
-//! complete, finish after an interrupted copy, and restore from the replica alone.
+//! Replicas and `copy` (issue 22): backups copied from a directory to S3 (moto) and from
+//! S3 to Azure (Azurite) verify deeply there with the original identities, carry their
+//! drill records, are skipped once complete, finish after an interrupted or SIGKILLed
+//! copy, and restore from the replica alone.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::fixture::{Fixture, s3_target, s3_target_at};
+use common::fixture::{Fixture, azure_target, s3_target, s3_target_at};
 use common::*;
 use serde_json::Value;
 
@@ -246,5 +247,122 @@ fn a_copy_killed_mid_artifact_leaves_no_manifest_and_the_rerun_completes_it() {
             .count(),
         1,
         "{keys:?}"
+    );
+}
+
+/// From one provider to another: S3 (moto, keys in a bucket of their own) to Azure
+/// (Azurite, keys in a container of their own). The copies verify deeply with the original
+/// identities, the keys side describes itself there too, and with moto stopped the replica
+/// alone lists, reports and restores.
+#[test]
+fn copies_from_moto_to_azurite_verify_and_restore_with_the_primary_down() {
+    let mut moto = Moto::start();
+    moto.create_bucket("backups");
+    moto.create_bucket("keys");
+    let azurite = Azurite::start();
+    azurite.create_container("dr-snap");
+    azurite.create_container("dr-kv");
+    let etcd = EtcdServer::start(false);
+    etcd.load(300, 500);
+    let fx = Fixture::new();
+    let config = fx.write_config(
+        "config.yaml",
+        &fx.etcd_source_for(&etcd),
+        &format!(
+            "  snapshot: {}\n  static_resources: {}\n",
+            s3_target(&moto, "backups", "etcd"),
+            s3_target(&moto, "keys", "etcd")
+        ),
+        &format!(
+            "replicas:\n  - name: dr\n    snapshot: {}\n    static_resources: {}\n",
+            azure_target(&azurite, "dr-snap", "etcd"),
+            azure_target(&azurite, "dr-kv", "etcd")
+        ),
+    );
+    let first = last_line(&run_ok(fx.cmd(&config).arg("backup")));
+    let second = last_line(&run_ok(fx.cmd(&config).arg("backup")));
+
+    let out = run_ok(fx.cmd(&config).args(["copy", "--all", "--to", "dr"]));
+    assert_eq!(
+        stdout_str(&out).lines().collect::<Vec<_>>(),
+        [
+            format!("{first} copied to dr"),
+            format!("{second} copied to dr")
+        ]
+    );
+    run_ok(
+        fx.cmd(&config)
+            .args(["verify", "--all", "--replica", "dr"])
+            .args(fx.identity_args()),
+    );
+    let keys_side = azurite.list_blobs("dr-kv", "etcd/");
+    for id in [&first, &second] {
+        for name in ["static_kuberesources.tar.zst.age", "manifest.json"] {
+            let blob = format!("etcd/test/{id}/{name}");
+            assert!(keys_side.contains(&blob), "{blob} not in {keys_side:?}");
+        }
+    }
+    let snapshot_side = azurite.list_blobs("dr-snap", "etcd/");
+    assert!(
+        !snapshot_side
+            .iter()
+            .any(|b| b.ends_with("static_kuberesources.tar.zst.age")),
+        "the keys archive beside the snapshot: {snapshot_side:?}"
+    );
+    let primary_snapshot = moto
+        .get_object(
+            "backups",
+            &format!("etcd/test/{second}/snapshot.db.zst.age"),
+        )
+        .unwrap();
+    assert_eq!(
+        azurite
+            .download(
+                "dr-snap",
+                &format!("etcd/test/{second}/snapshot.db.zst.age")
+            )
+            .unwrap(),
+        primary_snapshot,
+        "the copy is the same object"
+    );
+
+    // The primary store down: the replica alone.
+    moto.kill();
+    let list = replica_list(&fx, &config);
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|b| b["complete"] == true), "{list:?}");
+    run_ok(
+        fx.cmd(&config)
+            .args(["status", "--replica", "dr", "--max-age", "1h"]),
+    );
+    let out = run_ok(
+        fx.cmd(&config)
+            .args(["restore", "--latest", "--replica", "dr", "--to"])
+            .arg(fx.path("restored"))
+            .args(fx.identity_args()),
+    );
+    let restored: Vec<String> = stdout_str(&out).lines().map(str::to_string).collect();
+    assert_eq!(restored.len(), 2, "{restored:?}");
+    assert!(
+        restored.iter().all(|p| Path::new(p).is_file()),
+        "{restored:?}"
+    );
+    let db = restored.iter().find(|p| p.ends_with(".db")).unwrap();
+    let out = run_ok(
+        std::process::Command::new("etcdctl")
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(db),
+    );
+    assert!(
+        stdout_str(&out).contains("\"revision\""),
+        "{}",
+        describe_output(&out)
+    );
+    let out = run(fx.cmd(&config).args(["list"]));
+    assert_eq!(
+        exit_code(&out),
+        1,
+        "the primary is down: {}",
+        describe_output(&out)
     );
 }
