@@ -6,6 +6,7 @@
 #   apt : etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev
 #         curl openssl build-essential time openssh-client mount faketime
 #         prometheus (promtool) prometheus-node-exporter (the monitoring tests)
+#         chromium fonts-dejavu-core (tests/report.rs renders the HTML report headless)
 #         (+ nodejs npm only if npm itself is missing)
 #   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
 #         Prometheus' own text parser)
@@ -35,7 +36,9 @@ export DEBIAN_FRONTEND=noninteractive
 # prometheus brings promtool (check metrics, test rules); prometheus-node-exporter scrapes
 # the metrics textfiles in tests/monitoring.rs. Neither service is started by the package
 # here (no init system); the tests start node_exporter on loopback themselves.
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime prometheus prometheus-node-exporter)
+# chromium renders `report --format html` to a PNG in tests/report.rs (headless, no
+# network); fonts-dejavu-core gives it a font, so the screenshot has text.
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime prometheus prometheus-node-exporter chromium fonts-dejavu-core)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -66,7 +69,7 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime promtool prometheus-node-exporter; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime promtool prometheus-node-exporter chromium; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
 

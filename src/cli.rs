@@ -65,6 +65,9 @@ pub enum Command {
     /// Copy complete trusted backups (both artifacts, signature, drill records) to a
     /// replica, checking them there; the copy's manifest is written last.
     Copy(CopyArgs),
+    /// An audit report of a period: every backup (times, sizes, signature, stored objects,
+    /// drills, lock, retention), schedule gaps and recipients; HTML, JSON or Markdown.
+    Report(ReportArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -268,6 +271,30 @@ pub struct CopyArgs {
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Read replica NAME (`replicas:` in the config) instead of the primary targets.
+    #[arg(long, value_name = "NAME")]
+    pub replica: Option<String>,
+    /// The period: backups started and drills made within this long before now (e.g. `90d`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "90d")]
+    pub since: std::time::Duration,
+    /// Output format: one self-contained HTML file, JSON (schema in SPEC.md), or Markdown.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub format: ReportFormat,
+    /// Write the report to FILE (atomically: a temporary file in its directory, renamed)
+    /// instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
+    Markdown,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod ops;
 mod pipeline;
 mod priority;
 mod repo;
+mod report;
 mod retention;
 mod settings;
 mod signing;

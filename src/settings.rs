@@ -34,6 +34,7 @@ pub enum CommandSettings {
     Status(StatusSettings),
     Drill(DrillSettings),
     Copy(CopySettings),
+    Report(ReportSettings),
     ConfigCheck {
         connect: bool,
         offline: bool,
@@ -53,6 +54,7 @@ impl CommandSettings {
             Self::Status(_) => "status",
             Self::Drill(_) => "drill",
             Self::Copy(_) => "copy",
+            Self::Report(_) => "report",
             Self::ConfigCheck { .. } => "config",
         }
     }
@@ -149,6 +151,18 @@ pub struct CopySettings {
     pub json: bool,
 }
 
+pub use crate::cli::ReportFormat;
+
+pub struct ReportSettings {
+    /// `--replica NAME`: read that replica instead of the primary targets.
+    pub replica: Option<String>,
+    /// The period: this long before now.
+    pub since: Duration,
+    pub format: ReportFormat,
+    /// `-o FILE`: written atomically; stdout otherwise.
+    pub output: Option<PathBuf>,
+}
+
 pub struct DrillSettings {
     /// `--replica NAME`: read that replica instead of the primary targets.
     pub replica: Option<String>,
@@ -173,7 +187,8 @@ impl Settings {
             | Command::Prune(_)
             | Command::Status(_)
             | Command::Drill(_)
-            | Command::Copy(_) => Purpose::ReadBackups,
+            | Command::Copy(_)
+            | Command::Report(_) => Purpose::ReadBackups,
         };
         let config = config::load(&cli.config, purpose)?;
         let command = match cli.command {
@@ -273,6 +288,12 @@ impl Settings {
                 },
                 to: args.to,
                 json: args.json,
+            }),
+            Command::Report(args) => CommandSettings::Report(ReportSettings {
+                replica: args.replica,
+                since: bounded_flag("--since", args.since)?,
+                format: args.format,
+                output: args.output,
             }),
             Command::Config(ConfigCommand::Check { connect, offline }) => {
                 CommandSettings::ConfigCheck { connect, offline }

@@ -271,33 +271,39 @@ impl Metrics {
         out.0
     }
 
-    /// Writes [`Metrics::render`] to `path` atomically (a temporary name in the same
-    /// directory, then a rename), as node_exporter's textfile collector requires. The
-    /// temporary name is random and opened create-new without following links, so a link
-    /// planted in the directory cannot turn the write onto another file; the rename
-    /// replaces a link at `path` itself rather than writing through it.
+    /// Writes [`Metrics::render`] to `path` atomically ([`write_atomically`]), as
+    /// node_exporter's textfile collector requires.
     pub fn write_textfile(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")
-        })?;
-        let partial = path.with_file_name(format!(
-            ".{}.{:016x}.partial",
-            name.to_string_lossy(),
-            rand::random::<u64>()
-        ));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&partial)?;
-        file.write_all(self.render().as_bytes())
-            .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&partial, path))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&partial);
-            })
+        write_atomically(path, self.render().as_bytes())
     }
+}
+
+/// Writes `contents` to `path` atomically: a temporary name in the same directory, synced,
+/// then renamed over `path`; on any error the temporary file is removed and `path` is left
+/// as it was. The temporary name is random and opened create-new without following links,
+/// so a link planted in the directory cannot turn the write onto another file; the rename
+/// replaces a link at `path` itself rather than writing through it.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
+    let partial = path.with_file_name(format!(
+        ".{}.{:016x}.partial",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&partial)?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&partial, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
 }
 
 /// The content type of [`Metrics::render`]'s text, for `/metrics`.

@@ -7,6 +7,7 @@ mod copy;
 mod drill;
 mod list;
 mod prune;
+mod report;
 mod restore;
 mod run;
 mod status;
@@ -91,6 +92,7 @@ async fn dispatch(settings: &Settings) -> anyhow::Result<()> {
         CommandSettings::Status(args) => status::run(config, args).await,
         CommandSettings::Drill(args) => drill::run(config, args).await,
         CommandSettings::Copy(args) => copy::run(config, args).await,
+        CommandSettings::Report(args) => report::run(config, args).await,
         CommandSettings::ConfigCheck { connect, offline } => {
             config_check::run(config, &settings.config_path, *connect, *offline).await
         }

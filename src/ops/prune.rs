@@ -81,7 +81,7 @@ use serde::Serialize;
 
 use crate::ids::id_time;
 use crate::repo::layout::is_manifest;
-use crate::repo::{DeleteError, Repository, Standing, StoreClock};
+use crate::repo::{Catalog, DeleteError, Repository, Standing, StoreClock};
 use crate::retention::{BackupSummary, Decision, RetentionPolicy, Verdict, decide};
 use crate::store::StoredObject;
 
@@ -156,6 +156,41 @@ pub struct DeleteFailure {
     pub backup_left_whole: bool,
 }
 
+/// Retention's decisions over `catalog` at `now`: the one call of [`decide`], which prune
+/// applies and `report` shows. Every backup with a readable manifest is decided; only
+/// trusted ones are counted; `keep_drilled` reads the drill records it needs.
+pub async fn plan(
+    repo: &Repository,
+    catalog: &Catalog,
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    let keep_drilled = policy.keep_drilled.unwrap_or(0) as usize;
+    let drilled = repo.drilled(catalog, now, keep_drilled).await;
+    let summaries: Vec<BackupSummary> = catalog
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            e.summary.as_ref().map(|m| BackupSummary {
+                id: e.id.clone(),
+                created_at: m.started_at,
+                size: m.stored_size,
+                trusted: !matches!(e.standing, Standing::Untrusted(_)),
+                drilled: drilled.contains(&e.id),
+            })
+        })
+        .collect();
+    decide(&summaries, policy, now)
+}
+
+/// A verdict's reasons in words (as prune prints them).
+pub fn verdict_words(verdict: &Verdict) -> Vec<String> {
+    match verdict {
+        Verdict::Keep(reasons) => reasons.iter().map(ToString::to_string).collect(),
+        Verdict::Delete(reason) => vec![reason.to_string()],
+    }
+}
+
 /// Prune's plan and its execution: checks the clocks, decides with the retention
 /// function over the catalog and deletes what it says, unless `dry_run`.
 pub async fn apply(
@@ -183,28 +218,10 @@ pub async fn apply_at(
     let static_objects =
         |id: &str| -> &[StoredObject] { static_dirs.get(id).map_or(no_objects, Vec::as_slice) };
 
-    let keep_drilled = policy.keep_drilled.unwrap_or(0) as usize;
-    let drilled = repo.drilled(&catalog, now, keep_drilled).await;
-    // Every backup with a readable manifest is decided; only trusted ones are counted.
-    let summaries: Vec<BackupSummary> = entries
-        .iter()
-        .filter_map(|e| {
-            e.summary.as_ref().map(|m| BackupSummary {
-                id: e.id.clone(),
-                created_at: m.started_at,
-                size: m.stored_size,
-                trusted: !matches!(e.standing, Standing::Untrusted(_)),
-                drilled: drilled.contains(&e.id),
-            })
-        })
-        .collect();
     let mut failures = Vec::new();
     let mut decisions = Vec::new();
-    for decision in decide(&summaries, policy, now) {
-        let mut reasons: Vec<String> = match &decision.verdict {
-            Verdict::Keep(reasons) => reasons.iter().map(ToString::to_string).collect(),
-            Verdict::Delete(reason) => vec![reason.to_string()],
-        };
+    for decision in plan(repo, &catalog, policy, now).await {
+        let mut reasons = verdict_words(&decision.verdict);
         if let Some(Standing::Untrusted(why)) = catalog.get(&decision.id).map(|e| &e.standing) {
             reasons.push(why.clone());
         }

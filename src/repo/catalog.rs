@@ -67,6 +67,44 @@ pub struct Summary {
     pub static_resources_size: Option<u64>,
     /// For shipped cluster-backup.sh files: the pair's timestamp.
     pub backup_dir_timestamp: Option<String>,
+    /// Stored bytes of the snapshot artifact, as recorded.
+    pub snapshot_stored_size: u64,
+    /// Stored bytes of the keys archive, as recorded.
+    pub static_resources_stored_size: Option<u64>,
+    /// The etcd server version of a live snapshot (capped like the other short texts).
+    pub etcd_version: Option<String>,
+    /// The snapshot's age recipients as recorded (public keys; at most
+    /// [`MAX_RECIPIENTS_KEPT`], each capped).
+    pub snapshot_recipients: Vec<String>,
+    /// The keys archive's age recipients, kept the same way.
+    pub static_resources_recipients: Vec<String>,
+}
+
+/// Recipients kept per summary: enough for any real keys archive, bounded for a planted one.
+pub const MAX_RECIPIENTS_KEPT: usize = 16;
+
+/// An artifact's recipients as a summary keeps them.
+fn recipients(artifact: Option<&crate::manifest::Artifact>) -> Vec<String> {
+    artifact
+        .iter()
+        .flat_map(|a| &a.encryption.recipients)
+        .take(MAX_RECIPIENTS_KEPT)
+        .map(|r| short(r))
+        .collect()
+}
+
+/// A short text from a manifest as a summary keeps it: whole when it is short, else cut
+/// at [`crate::manifest::MAX_SHORT_TEXT`] bytes (on a character boundary) with an ellipsis.
+fn short(text: &str) -> String {
+    let max = crate::manifest::MAX_SHORT_TEXT;
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 impl Summary {
@@ -89,6 +127,18 @@ impl Summary {
                 SourceInfo::BackupDir { timestamp, .. } => Some(timestamp.clone()),
                 SourceInfo::Etcd { .. } => None,
             },
+            snapshot_stored_size: manifest.artifacts.snapshot.stored.size,
+            static_resources_stored_size: manifest
+                .artifacts
+                .static_resources
+                .as_ref()
+                .map(|a| a.stored.size),
+            etcd_version: match &manifest.source {
+                SourceInfo::Etcd { etcd_version, .. } => Some(short(etcd_version)),
+                SourceInfo::BackupDir { .. } => None,
+            },
+            snapshot_recipients: recipients(Some(&manifest.artifacts.snapshot)),
+            static_resources_recipients: recipients(manifest.artifacts.static_resources.as_ref()),
         }
     }
 }

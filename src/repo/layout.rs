@@ -165,6 +165,13 @@ pub fn is_drill_record(key: &str) -> bool {
     name.starts_with(DRILL_PREFIX) && name.ends_with(".json")
 }
 
+/// The time a drill record's name carries (`drill-<YYYYMMDDTHHMMSSZ>-<n>.json`), so a
+/// reader can pick records by time without reading them; None for another name.
+pub fn drill_record_time(key: &str) -> Option<DateTime<Utc>> {
+    let time = name_of(key).strip_prefix(DRILL_PREFIX)?.get(..16)?;
+    crate::ids::id_time(time)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +194,11 @@ mod tests {
             "prod/20261123T104649Z/drill-20261123T104649Z-0003.json"
         );
         assert!(is_drill_record(&record) && !is_drill_record(&signature_of(&record)));
+        assert_eq!(drill_record_time(&record), Some(at));
+        assert_eq!(
+            drill_record_time("prod/20261123T104649Z/drill-x.json"),
+            None
+        );
         assert_eq!(
             layout.backup_object(&record),
             Some((id, "drill-20261123T104649Z-0003.json"))

@@ -43,7 +43,7 @@ use write::Side;
 use crate::config::{Config, TargetConfig};
 use crate::error::{IntegrityError, UsageError};
 use crate::ids::id_time;
-use crate::manifest::{Artifact, ArtifactKind, Manifest};
+use crate::manifest::{self, Artifact, ArtifactKind, Manifest};
 use crate::pipeline::{Encoded, FetchError, Sink, StoredBytes};
 use crate::signing::{Signer, SigningConfig};
 use crate::store::{StoreError, StoreErrorKind, StoredObject, Target, Upload, same_location};
@@ -137,6 +137,28 @@ pub struct Repository {
 pub struct DrillSummary {
     pub at: DateTime<Utc>,
     pub ok: bool,
+    /// The names of the checks that failed (at most [`MAX_FAILED_CHECKS_KEPT`], capped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_checks: Vec<String>,
+}
+
+/// Failed check names kept per drill summary (a drill has a handful of checks).
+const MAX_FAILED_CHECKS_KEPT: usize = 8;
+
+/// Drill records read for one report at most: years of weekly drills, and a bound on
+/// what a store full of planted records can cost.
+pub const MAX_DRILL_RECORDS_READ: usize = 2000;
+
+/// The drills of a period, as [`Repository::drills_since`] finds them.
+#[derive(Debug, Default)]
+pub struct DrillHistory {
+    /// Drills that count, oldest first, each with its backup's id.
+    pub drills: Vec<(String, DrillSummary)>,
+    /// Records that do not count (unsigned with signing enforced, unreadable, another
+    /// backup's, dated in the future): backup id, record name, why.
+    pub ignored: Vec<(String, String, String)>,
+    /// Records of the period left unread past [`MAX_DRILL_RECORDS_READ`] (the oldest).
+    pub unread: usize,
 }
 
 impl Repository {
@@ -267,6 +289,63 @@ impl Repository {
             .into_iter()
             .map(|e| (e.id, e.objects))
             .collect())
+    }
+
+    /// What a listing alone shows wrong with a backup whose manifest reads: an artifact
+    /// the manifest records that is missing or not of its recorded stored size, and, when
+    /// the keys archive lives in another location, a missing manifest copy there.
+    /// `keys_side` is [`Self::keys_side`]'s listing. No object is read: contents are
+    /// `verify`'s (SHA-256) and `verify --identity`'s (plaintext) to check.
+    pub fn listed_problems(
+        &self,
+        entry: &Entry,
+        keys_side: &std::collections::BTreeMap<String, Vec<StoredObject>>,
+    ) -> Vec<String> {
+        let Some(summary) = &entry.summary else {
+            return Vec::new();
+        };
+        let keys_objects: &[StoredObject] = if self.split() {
+            keys_side.get(&entry.id).map_or(&[], Vec::as_slice)
+        } else {
+            &entry.objects
+        };
+        let mut problems = Vec::new();
+        let recorded = [
+            (
+                ArtifactKind::Snapshot,
+                Some(summary.snapshot_stored_size),
+                entry.objects.as_slice(),
+                self.url(),
+            ),
+            (
+                ArtifactKind::StaticResources,
+                summary.static_resources_stored_size,
+                keys_objects,
+                self.keys_url(),
+            ),
+        ];
+        for (kind, size, objects, url) in recorded {
+            let Some(size) = size else { continue };
+            let key = self.layout.artifact(&entry.id, kind);
+            match objects.iter().find(|o| o.key == key) {
+                None => problems.push(format!("{key} is missing from {url}")),
+                Some(o) if o.size != size => problems.push(format!(
+                    "{key} is {} bytes in {url}, the manifest records {size}",
+                    o.size
+                )),
+                Some(_) => {}
+            }
+        }
+        if self.split() && summary.static_resources_stored_size.is_some() {
+            let copy = self.layout.manifest(&entry.id);
+            if !keys_objects.iter().any(|o| o.key == copy) {
+                problems.push(format!(
+                    "the manifest copy {copy} is missing from {}",
+                    self.keys_url()
+                ));
+            }
+        }
+        problems
     }
 
     /// The newest trusted, not future-dated backup, reading manifests newest first only as
@@ -565,37 +644,115 @@ impl Repository {
         drilled
     }
 
-    /// The drill record at `key`, or None when it does not count: unreadable, not a drill
-    /// record, unsigned with signing enforced, or dated in the future (stored objects are
-    /// untrusted: a damaged record never fails a listing).
+    /// Every drill made at or after `since` (by the time its record's name carries) of
+    /// any backup in `catalog`, oldest first, with the records that do not count and why.
+    /// At most [`MAX_DRILL_RECORDS_READ`] records are read, the newest.
+    pub async fn drills_since(
+        &self,
+        catalog: &Catalog,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DrillHistory {
+        let mut keys: Vec<(&str, &str)> = catalog
+            .entries()
+            .iter()
+            .flat_map(|e| {
+                e.drill_records()
+                    .into_iter()
+                    .map(move |k| (e.id.as_str(), k))
+            })
+            .filter(|(_, k)| layout::drill_record_time(k).is_some_and(|t| t >= since))
+            .collect();
+        keys.sort_unstable_by(|a, b| layout::name_of(b.1).cmp(layout::name_of(a.1)));
+        let unread = keys.len().saturating_sub(MAX_DRILL_RECORDS_READ);
+        keys.truncate(MAX_DRILL_RECORDS_READ);
+        let judged: Vec<_> = futures::stream::iter(keys)
+            .map(|(id, key)| async move { (id, key, self.judge_drill(key, now).await) })
+            .buffered(4)
+            .collect()
+            .await;
+        let mut history = DrillHistory {
+            unread,
+            ..Default::default()
+        };
+        for (id, key, judged) in judged.into_iter().rev() {
+            match judged {
+                Ok(drill) => history.drills.push((id.to_string(), drill)),
+                Err(why) => {
+                    history
+                        .ignored
+                        .push((id.to_string(), layout::name_of(key).to_string(), why))
+                }
+            }
+        }
+        history.drills.sort_by_key(|(_, d)| d.at);
+        history
+    }
+
+    /// The drill record at `key`, or None when it does not count (see [`Self::judge_drill`]).
     async fn read_drill(&self, key: &str, now: DateTime<Utc>) -> Option<DrillSummary> {
+        match self.judge_drill(key, now).await {
+            Ok(drill) => Some(drill),
+            Err(why) => {
+                tracing::debug!(record = %key, reason = %why, "ignoring a drill record");
+                None
+            }
+        }
+    }
+
+    /// The drill record at `key`, or why it does not count: unreadable, not a drill record,
+    /// another backup's, unsigned with signing enforced, or dated in the future (stored
+    /// objects are untrusted: a damaged record never fails a listing).
+    async fn judge_drill(&self, key: &str, now: DateTime<Utc>) -> Result<DrillSummary, String> {
         #[derive(Deserialize)]
         struct Record {
+            #[serde(default)]
+            backup_id: Option<String>,
             at: DateTime<Utc>,
             ok: bool,
+            #[serde(default)]
+            checks: Vec<RecordCheck>,
+        }
+        #[derive(Deserialize)]
+        struct RecordCheck {
+            name: String,
+            ok: Option<bool>,
         }
         let target = &self.sides.snapshot;
         // `read` refuses objects above the small-object cap.
-        let bytes = target.read(key).await.ok()?;
-        let record = serde_json::from_slice::<Record>(&bytes).ok()?;
+        let bytes = target
+            .read(key)
+            .await
+            .map_err(|e| format!("it cannot be read: {e}"))?;
+        let record = serde_json::from_slice::<Record>(&bytes)
+            .map_err(|e| format!("it is not a drill record: {e}"))?;
+        let dir = self.layout.backup_object(key).map(|(id, _)| id);
+        if let Some(of) = &record.backup_id
+            && dir != Some(of.as_str())
+        {
+            return Err(format!(
+                "it is the record of backup {:?}, not of the backup it is stored with",
+                of.chars().take(64).collect::<String>()
+            ));
+        }
         match self.trust.judge(target, key, &bytes).await {
-            Ok(Signature::Untrusted(why)) => {
-                tracing::debug!(record = %key, reason = %why, "ignoring an untrusted drill record");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(record = %key, error = %e, "ignoring a drill record whose signature cannot be read");
-                return None;
-            }
+            Ok(Signature::Untrusted(why)) => return Err(why),
+            Err(e) => return Err(format!("its signature cannot be read: {e}")),
             Ok(_) => {}
         }
         if future_dated(record.at, now) {
-            tracing::debug!(record = %key, "ignoring a drill record dated in the future");
-            return None;
+            return Err("it is dated in the future".to_string());
         }
-        Some(DrillSummary {
+        Ok(DrillSummary {
             at: record.at,
             ok: record.ok,
+            failed_checks: record
+                .checks
+                .iter()
+                .filter(|c| c.ok == Some(false))
+                .take(MAX_FAILED_CHECKS_KEPT)
+                .map(|c| c.name.chars().take(manifest::MAX_SHORT_TEXT).collect())
+                .collect(),
         })
     }
 
