@@ -47,6 +47,21 @@ fn flip_a_byte(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// A self-consistent copy of backup `from` under `id`, without its signature or drill
+/// records: what a writer without the signing key can plant.
+fn plant(cluster_dir: &Path, from: &str, id: &str) {
+    let src = cluster_dir.join(from);
+    let dst = cluster_dir.join(id);
+    std::fs::create_dir_all(&dst).unwrap();
+    for name in ["snapshot.db.zst.age", "static_kuberesources.tar.zst.age"] {
+        std::fs::copy(src.join(name), dst.join(name)).unwrap();
+    }
+    let text = std::fs::read_to_string(src.join("manifest.json"))
+        .unwrap()
+        .replace(from, id);
+    std::fs::write(dst.join("manifest.json"), text).unwrap();
+}
+
 fn backup_row<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["backups"]
         .as_array()
@@ -157,6 +172,12 @@ fn a_report_shows_backups_drills_gaps_and_recipients_and_renders_in_a_browser() 
         .set_len(len - 1)
         .unwrap();
 
+    // An unsigned copy planted under a newer id by someone who can write to the target.
+    let planted = (chrono::Utc::now() - chrono::TimeDelta::minutes(30))
+        .format("%Y%m%dT%H%M%SZ")
+        .to_string();
+    plant(&target.join("test"), &b1, &planted);
+
     // ------------------------------------------------------------------ JSON
     let out = run_ok(
         fx.cmd(&config)
@@ -174,7 +195,26 @@ fn a_report_shows_backups_drills_gaps_and_recipients_and_renders_in_a_browser() 
         .iter()
         .map(|b| b["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [b3.as_str(), b2.as_str(), b1.as_str()], "newest first");
+    assert_eq!(
+        ids,
+        [b3.as_str(), b2.as_str(), b1.as_str(), planted.as_str()],
+        "newest first"
+    );
+    let untrusted = backup_row(&report, &planted);
+    assert_eq!(untrusted["standing"], "untrusted", "{untrusted:#}");
+    assert_eq!(untrusted["signature"], "untrusted", "{untrusted:#}");
+    assert!(
+        untrusted["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no signature"),
+        "{untrusted:#}"
+    );
+    assert_eq!(
+        untrusted["retention"]["reasons"][0],
+        "not signed by an allowed signer (planted?): never counted, never deleted"
+    );
+    assert_eq!(report["totals"]["by_standing"]["untrusted"], 1);
     for id in [&b1, &b2, &b3] {
         let b = backup_row(&report, id);
         assert_eq!(b["standing"], "complete", "{b:#}");
@@ -323,6 +363,13 @@ fn a_report_shows_backups_drills_gaps_and_recipients_and_renders_in_a_browser() 
         describe_output(&out)
     );
     assert!(!fx.path("missing").exists());
+    // A replica the config does not name is a usage error.
+    let out = run_code(fx.cmd(&config).args(["report", "--replica", "dr"]), 2);
+    assert!(
+        stderr_str(&out).contains("no replica"),
+        "{}",
+        describe_output(&out)
+    );
     // A period that is not a duration is a usage error.
     run_code(fx.cmd(&config).args(["report", "--since", "lately"]), 2);
 
