@@ -7,6 +7,8 @@
 #         curl openssl build-essential time openssh-client mount faketime
 #         prometheus (promtool) prometheus-node-exporter (the monitoring tests)
 #         chromium fonts-dejavu-core (tests/report.rs renders the HTML report headless)
+#         buildah (image builds), zsh fish mandoc (the
+#         completion scripts and the man page are checked by the shells and mandoc)
 #         (+ nodejs npm only if npm itself is missing)
 #   pip : moto[server] azure-storage-blob prometheus-client (the tests parse metrics with
 #         Prometheus' own text parser)
@@ -36,9 +38,12 @@ export DEBIAN_FRONTEND=noninteractive
 # prometheus brings promtool (check metrics, test rules); prometheus-node-exporter scrapes
 # the metrics textfiles in tests/monitoring.rs. Neither service is started by the package
 # here (no init system); the tests start node_exporter on loopback themselves.
+# buildah builds container images without a daemon (vfs storage, chroot isolation: no
+# registry needed here), for the image test of issue 20. zsh, fish and mandoc check the completion scripts and
+# man pages in tests/install.rs (together about 30 MB installed).
 # chromium renders `report --format html` to a PNG in tests/report.rs (headless, no
 # network); fonts-dejavu-core gives it a font, so the screenshot has text.
-APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime prometheus prometheus-node-exporter chromium fonts-dejavu-core)
+APT_PACKAGES=(etcd-server etcd-client age zstd protobuf-compiler libprotobuf-dev curl openssl build-essential time openssh-client mount faketime prometheus prometheus-node-exporter chromium fonts-dejavu-core buildah zsh fish mandoc)
 
 apt_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -69,7 +74,7 @@ if [ "${#missing_apt[@]}" -gt 0 ]; then
     apt_install "${missing_apt[@]}"
 fi
 
-for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime promtool prometheus-node-exporter chromium; do
+for bin in etcd etcdctl age age-keygen zstd protoc curl openssl cc ssh-keygen mount umount df faketime promtool prometheus-node-exporter chromium buildah zsh fish mandoc; do
     command -v "$bin" >/dev/null 2>&1 || die "'$bin' is still missing after the apt step"
 done
 

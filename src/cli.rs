@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Ship etcd backups off the cluster: snapshot → zstd → age → object storage.
 #[derive(Debug, Parser)]
-#[command(name = "etcd-offsite", version, about)]
+// `-V`/`--version`: the version, git commit and build date (build.rs).
+#[command(name = "etcd-offsite", version = env!("ETCD_OFFSITE_VERSION_LINE"), about)]
 pub struct Cli {
     /// Configuration file (YAML, `version: 1`).
     #[arg(
@@ -71,6 +72,42 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// What the binary tells about itself; these read no config.
+    #[command(flatten)]
+    About(AboutCommand),
+}
+
+/// Commands answered from the command-line definition and the build alone.
+#[derive(Debug, Subcommand)]
+pub enum AboutCommand {
+    /// Print the version, git commit, build date and the etcd-client, object_store and age
+    /// versions built in.
+    Version {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script on stdout, e.g.
+    /// `etcd-offsite completions bash > /etc/bash_completion.d/etcd-offsite`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page etcd-offsite(1) on stdout, or with -o write it and one page per
+    /// subcommand (etcd-offsite-backup.1, ...) into DIR, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Directory to write every page into (created if missing).
+        #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

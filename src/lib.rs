@@ -1,5 +1,6 @@
 //! etcd-offsite: ship etcd backups off the cluster.
 
+mod about;
 pub mod cli;
 mod commands;
 mod config;
@@ -26,6 +27,9 @@ pub use telemetry::print_error;
 /// Runs the parsed command line: logging, the settings it resolves to, the async
 /// runtime, the command.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    if let cli::Command::About(command) = &cli.command {
+        return about::run(command);
+    }
     telemetry::init(cli.log_format, cli.verbose, cli.quiet);
     let settings = settings::Settings::resolve(cli)?;
     let runtime = tokio::runtime::Runtime::new()

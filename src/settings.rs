@@ -8,10 +8,16 @@ use std::time::Duration;
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{self, Config, Purpose};
 use crate::duration::bounded_flag;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, UsageError};
 use crate::pipeline::Identities;
 use crate::repo::Selection;
 use crate::retention::RetentionPolicy;
+
+/// `version`, `completions` and `man` are answered by `crate::about` before any config is
+/// read; reaching `Settings::resolve` with one is a bug in the caller.
+fn reads_no_settings() -> anyhow::Error {
+    UsageError("version, completions and man read no settings".to_owned()).into()
+}
 
 /// Everything a run of the program needs, resolved.
 pub struct Settings {
@@ -189,6 +195,7 @@ impl Settings {
             | Command::Drill(_)
             | Command::Copy(_)
             | Command::Report(_) => Purpose::ReadBackups,
+            Command::About(_) => return Err(reads_no_settings()),
         };
         let config = config::load(&cli.config, purpose)?;
         let command = match cli.command {
@@ -295,6 +302,7 @@ impl Settings {
                 format: args.format,
                 output: args.output,
             }),
+            Command::About(_) => return Err(reads_no_settings()),
             Command::Config(ConfigCommand::Check { connect, offline }) => {
                 CommandSettings::ConfigCheck { connect, offline }
             }
