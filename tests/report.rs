@@ -113,6 +113,30 @@ fn screenshot(html: &Path, png: &Path, width: u32, height: u32) {
     );
 }
 
+/// Headless Chromium's print of a local HTML file to PDF (network closed as above).
+fn print_to_pdf(html: &Path, pdf: &Path) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = run(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=127.0.0.1:9",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", html.display())));
+    assert!(
+        out.status.success() && pdf.is_file(),
+        "chromium could not print the report:\n{}",
+        describe_output(&out)
+    );
+}
+
 /// The screenshot decoded to RGB rows.
 fn decode(png: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let mut decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
@@ -399,6 +423,12 @@ fn a_report_shows_backups_drills_gaps_and_recipients_and_renders_in_a_browser() 
             "{what} ({colour}): {found} pixels in the screenshot"
         );
     }
+    // And printed (the print styles apply): a PDF of a few pages, not an empty one.
+    let pdf = fx.path("report.pdf");
+    print_to_pdf(&html, &pdf);
+    let printed = std::fs::read(&pdf).unwrap();
+    assert!(printed.starts_with(b"%PDF-"), "a PDF");
+    assert!(printed.len() > 10_000, "{} bytes", printed.len());
     if let Ok(keep) = std::env::var("ETCD_OFFSITE_REPORT_PNG") {
         std::fs::copy(&png, keep).unwrap();
     }
