@@ -396,6 +396,23 @@ fn a_report_shows_backups_drills_gaps_and_recipients_and_renders_in_a_browser() 
     );
     // A period that is not a duration is a usage error.
     run_code(fx.cmd(&config).args(["report", "--since", "lately"]), 2);
+    // A host whose clock is an hour behind the store's is refused (exit 4), nothing written:
+    // it would judge gaps and retention an hour early.
+    let skewed_out = fx.path("skewed.html");
+    let mut skewed = Command::new("faketime");
+    skewed
+        .args(["-f", "-1h"])
+        .arg(env!("CARGO_BIN_EXE_etcd-offsite"))
+        .env("ETCD_OFFSITE_CONFIG", &config)
+        .args(["report", "-o"])
+        .arg(&skewed_out);
+    let out = run_code(&mut skewed, 4);
+    assert!(
+        stderr_str(&out).contains("clock"),
+        "{}",
+        describe_output(&out)
+    );
+    assert!(!skewed_out.exists());
 
     // ------------------------------------------------------------------ in a browser
     let png = fx.path("report.png");

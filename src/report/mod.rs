@@ -244,6 +244,9 @@ pub async fn gather(
         .and_then(|d| now.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let catalog = repo.catalog(now).await?;
+    // As for `status`: a host clock behind the store would date gaps, drills and
+    // retention wrongly; the report judges time only with a clock the store agrees with.
+    crate::repo::clock::check_not_behind(repo.url(), catalog.newest_modified())?;
     let keys_side = repo.keys_side().await?;
     let history = repo.drills_since(&catalog, since, now).await;
     let decisions: BTreeMap<String, Verdict> = match &config.retention {
